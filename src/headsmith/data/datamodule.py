@@ -1,0 +1,138 @@
+"""Snapshot rows -> train/val/test batches: stratified seeded splits, label ids per head (-1 = unlabelled)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from headsmith.data.snapshot import Snapshot, load_snapshot
+from headsmith.errors import HeadsmithError
+from headsmith.workspace import Workspace
+
+UNLABELLED = -1
+
+
+def stratified_split(frame: pd.DataFrame, heads: list[str], fractions: dict[str, float], seed: int) -> dict:
+    """Split rows so every combination of labels (unlabelled counts as its own value) keeps its share in each
+    part. `fractions` gives the share of each held-out part; the rest is `train`."""
+    rng = np.random.default_rng(seed)
+    strata = frame[heads].astype(str).agg("|".join, axis=1) if heads else pd.Series("", index=frame.index)
+    parts = {name: [] for name in ["train", *fractions]}
+    for _, index in sorted(frame.groupby(strata).groups.items()):
+        index = rng.permutation(np.asarray(index))
+        start = 0
+        for name, share in fractions.items():
+            take = int(round(share * len(index)))
+            parts[name].extend(index[start:start + take])
+            start += take
+        parts["train"].extend(index[start:])
+    return {name: frame.loc[sorted(idx)].reset_index(drop=True) for name, idx in parts.items()}
+
+
+def snapshot_differences(train: Snapshot, test: Snapshot, heads: list[str]) -> list[str]:
+    problems = []
+    for head in heads:
+        if head not in test.manifest.heads:
+            problems.append(f"head '{head}' is not labelled in the test snapshot '{test.manifest.name}' "
+                            f"(it labels: {', '.join(test.manifest.heads)})")
+            continue
+        ours, theirs = set(train.manifest.heads[head].classes), set(test.manifest.heads[head].classes)
+        if ours != theirs:
+            problems.append(f"head '{head}' classes differ: only in '{train.manifest.name}': {sorted(ours - theirs)}, "
+                            f"only in '{test.manifest.name}': {sorted(theirs - ours)}")
+    return problems
+
+
+class LabelledRows(Dataset):
+    def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], features: torch.Tensor | None = None):
+        self.inputs = features if features is not None else frame["input"].tolist()
+        self.labels = {
+            head: torch.tensor([names.index(v) if v is not None else UNLABELLED for v in frame[head]])
+            for head, names in classes.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int):
+        return self.inputs[i], {head: labels[i] for head, labels in self.labels.items()}
+
+
+class SnapshotDataModule(pl.LightningDataModule):
+    """Reads snapshots only. Held-out parts come from a separate test snapshot or a seeded random split."""
+
+    def __init__(self, snapshot: str, *, workspace: Workspace, preprocess: Callable[[list], dict],
+                 test_snapshot: str | None = None, heads: list[str] | None = None, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.snapshot = load_snapshot(workspace, snapshot)
+        self.test_snapshot = load_snapshot(workspace, test_snapshot) if test_snapshot else None
+        manifest = self.snapshot.manifest
+        heads = list(heads) if heads else list(manifest.heads)
+        missing = [h for h in heads if h not in manifest.heads]
+        if missing:
+            raise HeadsmithError(f"dataset.heads: snapshot '{manifest.name}' has no labels for {missing} (it labels: "
+                                 f"{', '.join(manifest.heads)}); drop them or snapshot a CSV with --label HEAD=COLUMN")
+        if self.test_snapshot:
+            problems = snapshot_differences(self.snapshot, self.test_snapshot, heads)
+            if problems:
+                raise HeadsmithError("dataset.test_snapshot does not match dataset.snapshot:\n  " + "\n  ".join(problems))
+        self.heads = heads
+        self.classes = {h: manifest.heads[h].classes for h in heads}
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+        self.features: dict[str, torch.Tensor] | None = None  # split -> precomputed embeddings, see use_features
+        frame = self.snapshot.frame().rename_axis("position").reset_index()  # position: row in the snapshot
+        frame = frame[frame[heads].notna().any(axis=1)]  # rows that label none of the trained heads teach nothing
+        held_out = {"val": val_fraction} if self.test_snapshot else {"val": val_fraction, "test": test_fraction}
+        self.splits = stratified_split(frame, heads, held_out, seed)
+        if self.test_snapshot:
+            test = self.test_snapshot.frame().rename_axis("position").reset_index()
+            self.splits["test"] = test[test[heads].notna().any(axis=1)].reset_index(drop=True)
+        for part, rows in self.splits.items():
+            if rows.empty:
+                raise HeadsmithError(f"the {part} split of snapshot '{manifest.name}' is empty ({len(frame)} rows); "
+                                     "use a larger snapshot or change dataset.val_fraction / dataset.test_fraction")
+
+    def class_weights(self) -> dict[str, torch.Tensor]:
+        """Balanced weights from the training split: n / (k * n_class), so rare classes count as much as common ones."""
+        weights = {}
+        for head, names in self.classes.items():
+            counts = self.splits["train"][head].value_counts().reindex(names, fill_value=0).to_numpy(dtype=np.float64)
+            weights[head] = torch.tensor(counts.sum() / (len(names) * np.maximum(counts, 1)), dtype=torch.float32)
+        return weights
+
+    def use_features(self, features_of: Callable[[Snapshot], torch.Tensor]) -> None:
+        """Serve precomputed embeddings (rows of `features_of(snapshot)`) instead of raw inputs."""
+        sources = {"train": self.snapshot, "val": self.snapshot, "test": self.test_snapshot or self.snapshot}
+        self.features = {part: features_of(sources[part])[torch.as_tensor(rows["position"].to_numpy())]
+                         for part, rows in self.splits.items()}
+
+    def _collate(self, items):
+        inputs, labels = zip(*items)
+        batch = {"features": torch.stack(inputs)} if self.features else self.preprocess(list(inputs))
+        return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        rows = LabelledRows(self.splits[part], self.classes, self.features[part] if self.features else None)
+        return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=self._collate)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+    def split_sizes(self) -> dict[str, int]:
+        return {part: len(rows) for part, rows in self.splits.items()}

@@ -1,0 +1,14 @@
+"""Classification heads: each maps a backbone embedding to the logits of one head's mutually exclusive classes."""
+
+from torch import nn
+
+
+class LinearHead(nn.Sequential):
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0):
+        super().__init__(nn.Dropout(dropout), nn.Linear(in_dim, num_classes))
+
+
+class MLPHead(nn.Sequential):
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))

@@ -1,0 +1,102 @@
+"""The LightningModule: masked multi-head loss, per-head metrics, optimizer and optional scheduler."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from headsmith.data.datamodule import UNLABELLED
+from headsmith.evaluation.metrics import flatten, head_metrics, mean_over_heads, summarize
+from headsmith.models.net import MultiHeadNet
+
+STAGES = ("val", "test")
+
+
+def multi_head_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
+                    weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy per head over the rows that label it; the total is their sum. A head with no labelled row in
+    the batch adds nothing (and no NaN)."""
+    per_head = {}
+    for head, target in labels.items():
+        mask = target != UNLABELLED
+        if mask.any():
+            weight = weights[head].to(logits[head].device) if weights else None
+            per_head[head] = F.cross_entropy(logits[head][mask], target[mask], weight=weight)
+    total = torch.stack(list(per_head.values())).sum() if per_head else next(iter(logits.values())).sum() * 0.0
+    return total, per_head
+
+
+class MultiHeadClassifier(pl.LightningModule):
+    def __init__(self, net: MultiHeadNet, optimizer: Callable, scheduler: Callable | None = None,
+                 class_weights: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_weights = class_weights
+        self.metrics = nn.ModuleDict({
+            stage: nn.ModuleDict({h: head_metrics(len(c)) for h, c in net.classes.items()}) for stage in STAGES
+        })
+        self.results: dict[str, dict] = {}  # stage -> head -> summary, from the last epoch of that stage
+        self._updated: dict[str, set[str]] = {stage: set() for stage in STAGES}  # heads with labels this epoch
+
+    def forward(self, inputs):
+        return self.net(inputs)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        logits = self(batch["inputs"])
+        loss, per_head = multi_head_loss(logits, batch["labels"], self.class_weights)
+        size = len(next(iter(batch["labels"].values())))
+        self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=stage != "test", on_epoch=True,
+                 on_step=stage == "train")
+        for head, value in per_head.items():
+            self.log(f"{stage}/{head}/loss", value, batch_size=size, on_epoch=True, on_step=False)
+        if stage in STAGES:
+            for head, target in batch["labels"].items():
+                mask = target != UNLABELLED
+                if mask.any():
+                    self.metrics[stage][head].update(logits[head][mask], target[mask])
+                    self._updated[stage].add(head)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _end_epoch(self, stage: str) -> None:
+        summaries = {}
+        for head, collection in self.metrics[stage].items():
+            if head in self._updated[stage]:  # a head without labels in this split has nothing to report
+                summaries[head] = summarize(collection.compute(), self.net.classes[head])
+            collection.reset()
+        self._updated[stage].clear()
+        if not summaries:
+            return
+        self.results[stage] = summaries
+        logged = mean_over_heads(stage, summaries)
+        for head, summary in summaries.items():
+            logged.update(flatten(stage, head, summary))
+        self.log(f"{stage}/f1", logged.pop(f"{stage}/f1"), prog_bar=stage == "val")
+        self.log_dict(logged)
+
+    def on_validation_epoch_end(self):
+        self._end_epoch("val")
+
+    def on_test_epoch_end(self):
+        self._end_epoch("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}

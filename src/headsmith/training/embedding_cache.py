@@ -1,0 +1,71 @@
+"""Frozen-backbone embeddings, computed once per (snapshot, backbone, preprocessing) and kept in the workspace.
+
+With a frozen backbone the forward pass over the data is the only real cost of training; every epoch and every
+later run on the same snapshot reads the stored embeddings instead."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+from safetensors.torch import load_file, save_file
+
+from headsmith.data.snapshot import Snapshot
+from headsmith.workspace import Workspace
+
+
+def backbone_id(backbone: torch.nn.Module) -> str:
+    """Identifies what the backbone computes: its spec (incl. preprocessing) and the bytes of its weights."""
+    digest = hashlib.sha256(json.dumps(backbone.spec(), sort_keys=True).encode())
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.inference_mode()
+def embed(backbone: torch.nn.Module, inputs: list, batch_size: int = 128, description: str = "embedding") -> torch.Tensor:
+    """One embedding per input, in input order. Batches hold inputs of similar length, so little is padding."""
+    was_training = backbone.training
+    backbone.eval()
+    order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))
+    out = torch.empty(len(inputs), backbone.out_dim)
+    with Progress(transient=True) as progress:
+        task = progress.add_task(description, total=len(inputs))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            out[chunk] = backbone(backbone.preprocess([inputs[i] for i in chunk])).float().cpu()
+            progress.advance(task, len(chunk))
+    backbone.train(was_training)
+    return out
+
+
+class EmbeddingCache:
+    def __init__(self, workspace: Workspace):
+        self.folder = workspace.root / "cache" / "embeddings"
+
+    def path(self, snapshot: Snapshot, backbone: torch.nn.Module) -> Path:
+        return self.folder / f"{snapshot.manifest.sha256[:16]}-{backbone_id(backbone)[:16]}.safetensors"
+
+    def features(self, snapshot: Snapshot, backbone: torch.nn.Module) -> torch.Tensor:
+        """Embeddings of every row of the snapshot, in the order of `snapshot.frame()`."""
+        path = self.path(snapshot, backbone)
+        if path.is_file():
+            return load_file(path)["embeddings"]
+        features = embed(backbone, snapshot.frame()["input"].tolist(),
+                         description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"embeddings": features}, tmp)
+            os.replace(tmp, path)  # readers see the whole file or none
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return features

@@ -1,0 +1,119 @@
+"""Training entry point: `train(cfg)` builds every part from the config, fits, evaluates and packages the model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from headsmith.config import config_dir, register_recipes, register_resolvers
+from headsmith.errors import HeadsmithError
+from headsmith.evaluation.report import console, print_metrics
+from headsmith.models.module import MultiHeadClassifier
+from headsmith.models.net import MultiHeadNet
+from headsmith.models.package import save_package
+from headsmith.training.embedding_cache import EmbeddingCache
+from headsmith.training.validate import validate_config
+from headsmith.workspace import Workspace
+
+METRICS_FILE = "metrics.json"
+
+
+def build_net(cfg: DictConfig, backbone, classes: dict[str, list[str]]) -> MultiHeadNet:
+    """One head per trained head, built from the `head` group with the sizes only known now."""
+    specs = {h: {**OmegaConf.to_container(cfg.head, resolve=True), "in_dim": backbone.out_dim, "num_classes": len(c)}
+             for h, c in classes.items()}
+    return MultiHeadNet(backbone, {h: instantiate(spec) for h, spec in specs.items()}, classes, specs)
+
+
+def _instantiate_all(group) -> list:
+    return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    workspace = Workspace(cfg.paths.workspace)
+    validate_config(cfg, workspace)  # every config mistake, before any weight is loaded
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    backbone = instantiate(cfg.backbone)
+    datamodule = instantiate(cfg.dataset, workspace=workspace, preprocess=backbone.preprocess)
+    net = build_net(cfg, backbone, datamodule.classes)
+    if net.backbone_frozen and cfg.embedding_cache:
+        cache = EmbeddingCache(workspace)
+        datamodule.use_features(lambda snapshot: cache.features(snapshot, backbone))
+    model = MultiHeadClassifier(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        class_weights=datamodule.class_weights() if cfg.class_weights == "balanced" else None,
+    )
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+                                      logger=_instantiate_all(cfg.get("logger")) or False,
+                                      default_root_dir=str(output_dir))
+    trainer.fit(model, datamodule=datamodule)
+
+    # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+
+    snapshots = {"train": datamodule.snapshot.manifest.ref(),
+                 "test": datamodule.test_snapshot.manifest.ref() if datamodule.test_snapshot else None}
+    metrics = {
+        "name": cfg.name,
+        "selection": {
+            "monitor": cfg.selection.monitor,
+            "mode": cfg.selection.mode,
+            "best_score": float(trainer.checkpoint_callback.best_model_score) if best else None,
+            "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"] if best else None,
+            "checkpoint": best or None,
+        },
+        "epochs_trained": trainer.current_epoch,
+        "splits": datamodule.split_sizes(),
+        "val": model.results.get("val", {}),
+        "test": model.results.get("test", {}),
+    }
+    lineage = {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "snapshots": snapshots,
+        "recipe": OmegaConf.to_container(cfg, resolve=True),
+        "metrics": {"val": metrics["val"], "test": metrics["test"], "selection": metrics["selection"]},
+    }
+    package = save_package(net, output_dir / "model", lineage)
+    metrics["model"] = str(package)
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "package": package}
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except HeadsmithError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(2) from None
+    print_metrics(metrics)
+    return metrics["selection"]["best_score"]  # what a Hydra sweeper optimizes
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`headsmith train [recipe=NAME] [key=value ...] [-m]`: Hydra's own command line, recipes registered first."""
+    register_resolvers()
+    register_recipes()
+    if argv is not None:
+        sys.argv = ["headsmith train", *argv]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

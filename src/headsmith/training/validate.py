@@ -1,0 +1,157 @@
+"""Check a composed config before anything heavy runs, and report every problem at once with its key and fix."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from headsmith.data.datamodule import snapshot_differences
+from headsmith.data.snapshot import load_snapshot
+from headsmith.errors import ConfigError, HeadsmithError
+from headsmith.models.backbones import BACKBONE_MODES
+from headsmith.training.selection import selection_problems
+from headsmith.workspace import Workspace
+
+TOP_LEVEL = {"dataset", "backbone", "head", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
+             "paths", "name", "seed", "class_weights",
+             "embedding_cache"}
+# Arguments that train() passes where the object is built, not from the config.
+RUNTIME_ARGS = {
+    "dataset": {"workspace", "preprocess"},
+    "head": {"in_dim", "num_classes"},
+    "optimizer": {"params"},
+    "scheduler": {"optimizer"},
+    "trainer": {"callbacks", "logger", "default_root_dir"},
+}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _type_ok(value, annotation) -> bool:
+    """A deliberately small check: plain int/float/bool/str and Optional/Union of them; anything else passes."""
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def _signature(target):
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:  # annotations that cannot be evaluated: check names only
+        return inspect.signature(fn)
+
+
+def target_problems(key: str, node: DictConfig, runtime: set[str] = frozenset()) -> list[str]:
+    """Does `_target_` import, and does every option bind to its signature with a plausible type?"""
+    if "_target_" not in node:
+        return [f"{key}: no _target_ (the class or function that builds it)"]
+    try:
+        target = get_object(node._target_)
+    except Exception:
+        return [f"{key}._target_={node._target_}: cannot be imported"]
+    params = _signature(target).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    problems = []
+    for option in list(node.keys()):
+        if option.startswith("_"):
+            continue
+        if option not in params:
+            if not takes_any:
+                options = sorted(p for p in params if p not in ("self", *runtime) and not p.startswith("_"))
+                problems.append(f"{key}.{option}: not an option of {node._target_}{_suggest(option, options)} "
+                                f"(options: {', '.join(options)})")
+            continue
+        if OmegaConf.is_missing(node, option):
+            continue
+        value = node[option]
+        plain = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        if not _type_ok(plain, params[option].annotation):
+            problems.append(f"{key}.{option}={plain!r}: wrong type, {node._target_} expects "
+                            f"{inspect.formatannotation(params[option].annotation)}")
+    if not node.get("_partial_", False):
+        for name, p in params.items():
+            if (p.default is inspect.Parameter.empty and name not in node and name not in runtime and name != "self"
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+                problems.append(f"{key}.{name}: required by {node._target_}; add {key}.{name}=VALUE")
+    return problems
+
+
+def static_problems(cfg: DictConfig) -> list[str]:
+    problems = [f"{k}: not a config key{_suggest(k, TOP_LEVEL)} (top-level keys: {', '.join(sorted(TOP_LEVEL))})"
+                for k in cfg if k not in TOP_LEVEL]
+    for key in OmegaConf.missing_keys(cfg):
+        problems.append(f"{key} is required: set it in the recipe or pass {key}=VALUE")
+    for group in ("dataset", "backbone", "head", "optimizer", "scheduler", "trainer"):
+        if cfg.get(group) is not None:
+            problems += target_problems(group, cfg[group], RUNTIME_ARGS.get(group, set()))
+    for group in ("logger", "callbacks"):
+        for name, node in (cfg.get(group) or {}).items():
+            if node is not None:
+                problems += target_problems(f"{group}.{name}", node, RUNTIME_ARGS.get(group, set()))
+    if cfg.backbone.get("mode") not in BACKBONE_MODES:
+        problems.append(f"backbone.mode={cfg.backbone.get('mode')}: choose one of {', '.join(BACKBONE_MODES)}")
+    if cfg.get("class_weights") not in ("balanced", "none"):
+        problems.append(f"class_weights={cfg.get('class_weights')}: choose balanced or none")
+    if not isinstance(cfg.get("embedding_cache"), bool):
+        problems.append(f"embedding_cache={cfg.get('embedding_cache')}: must be true or false")
+    ds = cfg.dataset
+    for part in ("val_fraction", "test_fraction"):
+        share = ds.get(part)
+        if not isinstance(share, (int, float)) or not 0 <= share < 1:
+            problems.append(f"dataset.{part}={share}: must be a share between 0 and 1, like 0.1")
+    if not problems and ds.val_fraction <= 0:
+        problems.append("dataset.val_fraction must be above 0: the selection rule needs validation data")
+    if not problems and not ds.test_snapshot and not 0 < ds.val_fraction + ds.test_fraction < 1:
+        problems.append(f"dataset.val_fraction + dataset.test_fraction = {ds.val_fraction + ds.test_fraction}: "
+                        "leave rows to train on (and above 0 test_fraction, or set dataset.test_snapshot)")
+    return problems
+
+
+def data_problems(cfg: DictConfig, workspace: Workspace) -> list[str]:
+    """Checks that need the snapshots' manifests (cheap: no data is read)."""
+    ds = cfg.dataset
+    try:
+        snapshot = load_snapshot(workspace, ds.snapshot)
+        test = load_snapshot(workspace, ds.test_snapshot) if ds.test_snapshot else None
+    except HeadsmithError as e:
+        return [f"dataset: {e}"]
+    labelled = snapshot.manifest.heads
+    heads = list(ds.heads) if ds.heads else list(labelled)
+    problems = [f"dataset.heads: snapshot '{snapshot.manifest.name}' has no label column for head '{h}' "
+                f"(it labels: {', '.join(labelled)}){_suggest(h, labelled)}; remove it, or create a snapshot with "
+                f"--label {h}=COLUMN" for h in heads if h not in labelled]
+    heads = [h for h in heads if h in labelled]
+    if test:
+        problems += [f"dataset.test_snapshot: {p}" for p in snapshot_differences(snapshot, test, heads)]
+    problems += selection_problems(cfg.selection, {h: labelled[h].classes for h in heads})
+    return problems
+
+
+def validate_config(cfg: DictConfig, workspace: Workspace) -> None:
+    problems = static_problems(cfg)
+    if not OmegaConf.is_missing(cfg.dataset, "snapshot"):
+        problems += data_problems(cfg, workspace)
+    if problems:
+        raise ConfigError(problems)

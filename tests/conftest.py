@@ -1,0 +1,90 @@
+"""Shared fixtures: a temporary workspace per test, real data samples, a tiny transformers backbone on disk, and one
+function that composes a recipe for a fast CPU run through overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+
+from headsmith.config import compose_train_config  # noqa: E402
+from headsmith.data.examples import rotten_tomatoes  # noqa: E402
+from headsmith.data.snapshot import create_snapshot  # noqa: E402
+from headsmith.workspace import Workspace  # noqa: E402
+
+HEADSMITH = str(Path(sys.executable).with_name("headsmith"))
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.setenv("HEADSMITH_HOME", str(tmp_path / "workspace"))
+    return Workspace()
+
+
+@pytest.fixture(scope="session")
+def reviews(tmp_path_factory) -> pd.DataFrame:
+    """The real Rotten Tomatoes snippets (text, sentiment, movie), as `headsmith example-data` writes them."""
+    return pd.read_csv(rotten_tomatoes(tmp_path_factory.mktemp("data") / "rotten-tomatoes.csv"))
+
+
+@pytest.fixture
+def reviews_csv(reviews, tmp_path) -> Path:
+    """240 real reviews, balanced, with a second head (`long`: is the snippet over 100 characters?) that labels only
+    every other row, so one model trains on rows that label different heads."""
+    sample = pd.concat([g.head(120) for _, g in reviews.groupby("sentiment")]).reset_index(drop=True)
+    sample["long"] = (sample["text"].str.len() > 100).map({True: "yes", False: "no"})
+    sample.loc[sample.index % 2 == 1, "long"] = ""
+    path = tmp_path / "reviews.csv"
+    sample.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def reviews_snapshot(workspace, reviews_csv):
+    return create_snapshot(workspace, reviews_csv, name="reviews", input_column="text",
+                           labels={"sentiment": "sentiment", "long": "long"})
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    """A small randomly initialised BERT with MiniLM's tokenizer, saved as a local transformers folder: the same
+    builder as the real backbone, fast enough for many tests."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from headsmith.models.backbones import resolve_pretrained
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("all-MiniLM-L6-v2"))
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def compose(tmp_path, tiny_backbone):
+    """Compose `train` with overrides for a fast CPU run in tmp_path (tiny backbone unless a test overrides it)."""
+    def _compose(*overrides: str, fast: bool = True):
+        base = [f"paths.output_dir={tmp_path / 'run'}", "trainer=cpu", "trainer.enable_progress_bar=false"]
+        if fast:
+            base += ["backbone=hf_text", f"backbone.pretrained={tiny_backbone}", "backbone.max_tokens=32",
+                     "trainer.max_epochs=2", "dataset.batch_size=32"]
+        return compose_train_config([*base, *overrides])
+    return _compose
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The `headsmith` command as a user runs it."""
+    return subprocess.run([HEADSMITH, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, timeout=900)
