@@ -21,7 +21,7 @@ def stratified_split(frame: pd.DataFrame, heads: list[str], fractions: dict[str,
     """Split rows so every combination of labels (unlabelled counts as its own value) keeps its share in each
     part. `fractions` gives the share of each held-out part; the rest is `train`."""
     rng = np.random.default_rng(seed)
-    strata = frame[heads].astype(str).agg("|".join, axis=1) if heads else pd.Series("", index=frame.index)
+    strata = frame[heads].fillna("-").astype(str).agg("|".join, axis=1) if heads else pd.Series("", index=frame.index)
     parts = {name: [] for name in ["train", *fractions]}
     for _, index in sorted(frame.groupby(strata).groups.items()):
         index = rng.permutation(np.asarray(index))
@@ -52,7 +52,8 @@ class LabelledRows(Dataset):
     def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], features: torch.Tensor | None = None):
         self.inputs = features if features is not None else frame["input"].tolist()
         self.labels = {
-            head: torch.tensor([names.index(v) if v is not None else UNLABELLED for v in frame[head]])
+            head: torch.tensor(frame[head].map({c: i for i, c in enumerate(names)}).fillna(UNLABELLED)
+                               .astype("int64").to_numpy())
             for head, names in classes.items()
         }
 
@@ -112,7 +113,7 @@ class SnapshotDataModule(pl.LightningDataModule):
     def use_features(self, features_of: Callable[[Snapshot], torch.Tensor]) -> None:
         """Serve precomputed embeddings (rows of `features_of(snapshot)`) instead of raw inputs."""
         sources = {"train": self.snapshot, "val": self.snapshot, "test": self.test_snapshot or self.snapshot}
-        self.features = {part: features_of(sources[part])[torch.as_tensor(rows["position"].to_numpy())]
+        self.features = {part: features_of(sources[part])[torch.tensor(rows["position"].to_numpy())]
                          for part, rows in self.splits.items()}
 
     def _collate(self, items):

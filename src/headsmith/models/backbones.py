@@ -101,7 +101,7 @@ def text_backbone(pretrained: str = "all-MiniLM-L6-v2", max_tokens: int = 128, n
     source = resolve_pretrained(pretrained)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        encoder = AutoModel.from_pretrained(source)
+        encoder = AutoModel.from_pretrained(source).train()  # transformers loads in eval mode; training wants dropout
     except OSError as e:
         raise HeadsmithError(f"backbone.pretrained={pretrained}: not a bundled backbone ({', '.join(BUNDLED_TEXT)}), "
                              f"not a local folder, and not loadable from a hub (offline?): {e}") from None

@@ -26,6 +26,7 @@ class MultiHeadNet(nn.Module):
         if "features" in inputs:
             features = inputs["features"]
         elif self.backbone_frozen:
+            self.backbone.eval()  # Lightning restores saved module modes; a frozen backbone never uses dropout
             with torch.no_grad():
                 features = self.backbone(inputs)
         else:

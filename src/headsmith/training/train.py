@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,9 +49,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.dataset, workspace=workspace, preprocess=backbone.preprocess)
     net = build_net(cfg, backbone, datamodule.classes)
-    if net.backbone_frozen and cfg.embedding_cache:
-        cache = EmbeddingCache(workspace)
-        datamodule.use_features(lambda snapshot: cache.features(snapshot, backbone))
+    if net.backbone_frozen:
+        # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        if cfg.embedding_cache:
+            cache = EmbeddingCache(workspace)
+            datamodule.use_features(lambda snapshot: cache.features(snapshot, backbone))
     model = MultiHeadClassifier(
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     register_resolvers()
     register_recipes()
     if argv is not None:
-        sys.argv = ["headsmith train", *argv]
+        # Hydra's parser takes overrides on one side of -m only; accept them on both, as users write them.
+        sweep = [a for a in argv if a in ("-m", "--multirun")]
+        sys.argv = ["headsmith train", *sweep, *(a for a in argv if a not in sweep)]
     _hydra_main()
 
 

@@ -1,0 +1,41 @@
+import pandas as pd
+import pytest
+import torch
+
+from headsmith.data.datamodule import SnapshotDataModule, stratified_split
+from headsmith.data.snapshot import create_snapshot
+
+
+def test_split_is_stratified_disjoint_and_seeded(reviews_snapshot):
+    frame = reviews_snapshot.frame()
+    heads = ["sentiment", "long"]
+    parts = stratified_split(frame, heads, {"val": 0.1, "test": 0.2}, seed=0)
+    rows = {name: set(p["row"]) for name, p in parts.items()}
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"] and not rows["val"] & rows["test"]
+    assert set().union(*rows.values()) == set(frame["row"])
+    assert parts["test"]["sentiment"].value_counts().to_dict() == {"negative": 24, "positive": 24}
+    assert parts["val"]["sentiment"].value_counts().to_dict() == {"negative": 12, "positive": 12}
+    for name, share in (("val", 0.1), ("test", 0.2)):  # every label combination keeps its share
+        combos = frame.groupby(["sentiment", frame["long"].fillna("-")]).size()
+        got = parts[name].groupby(["sentiment", parts[name]["long"].fillna("-")]).size()
+        assert (got - (combos * share).round()).abs().max() <= 1
+    again = stratified_split(frame, heads, {"val": 0.1, "test": 0.2}, seed=0)
+    other = stratified_split(frame, heads, {"val": 0.1, "test": 0.2}, seed=1)
+    assert again["val"]["row"].tolist() == parts["val"]["row"].tolist()
+    assert other["val"]["row"].tolist() != parts["val"]["row"].tolist()
+
+
+def test_batches_carry_masked_labels_and_balanced_weights(workspace, tmp_path):
+    path = tmp_path / "imbalanced.csv"
+    pd.DataFrame({"text": [f"text {i}" for i in range(100)],
+                  "spam": ["yes"] * 20 + ["no"] * 80,
+                  "nsfw": ["safe", "", "unsafe", ""] * 25}).to_csv(path, index=False)
+    create_snapshot(workspace, path, name="imb", input_column="text", labels={"spam": "spam", "nsfw": "nsfw"})
+    dm = SnapshotDataModule("imb", workspace=workspace, preprocess=lambda texts: {"n": torch.tensor(len(texts))},
+                            val_fraction=0.1, test_fraction=0.2, heads=["spam"])
+    assert dm.split_sizes() == {"train": 70, "val": 10, "test": 20}
+    weights = dm.class_weights()["spam"]  # classes sorted: no, yes; n / (k * n_class) on 56 no / 14 yes
+    assert weights.tolist() == pytest.approx([70 / (2 * 56), 70 / (2 * 14)])
+    batch = next(iter(dm.val_dataloader()))
+    assert set(batch["labels"]) == {"spam"} and batch["inputs"]["n"] == 10
+    assert sorted(batch["labels"]["spam"].tolist()) == [0] * 8 + [1] * 2

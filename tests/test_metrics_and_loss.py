@@ -1,0 +1,62 @@
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
+from torch.nn import functional as F
+
+from headsmith.evaluation.metrics import flatten, head_metrics, summarize
+from headsmith.models.module import multi_head_loss
+
+TARGET = torch.tensor([0, 0, 1, 1, 2, 2])
+PRED = torch.tensor([0, 1, 1, 1, 2, 0])
+
+
+def test_metrics_match_hand_computed_values():
+    metrics = head_metrics(3)
+    metrics.update(F.one_hot(PRED, 3).float(), TARGET)  # scores whose argmax is PRED
+    summary = summarize(metrics.compute(), ["a", "b", "c"])
+    # class a: tp 1 fp 1 fn 1; class b: tp 2 fp 1 fn 0; class c: tp 1 fp 0 fn 1
+    assert summary["classes"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    assert summary["classes"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    assert summary["classes"]["c"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert summary["precision"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    assert summary["recall"] == pytest.approx(2 / 3)
+    assert summary["f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert summary["balanced_accuracy"] == pytest.approx(2 / 3)
+    assert summary["support"] == 6
+    assert flatten("val", "spam", summary)["val/spam/f1/b"] == pytest.approx(0.8)
+
+
+def test_metrics_agree_with_scikit_learn_including_an_absent_class():
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (200,), generator=generator)  # class 3 never occurs nor is predicted
+    scores = torch.randn(200, 4, generator=generator)
+    scores[:, 3] = -10
+    scores[torch.arange(200), target] += 0.8
+    metrics = head_metrics(4)
+    for chunk in range(0, 200, 64):  # updated batch by batch, as in training
+        metrics.update(scores[chunk:chunk + 64], target[chunk:chunk + 64])
+    summary = summarize(metrics.compute(), list("abcd"))
+    y, p = target.numpy(), scores.argmax(1).numpy()
+    assert summary["f1"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-6)
+    assert summary["precision"] == pytest.approx(precision_score(y, p, average="macro"), abs=1e-6)
+    assert summary["recall"] == pytest.approx(recall_score(y, p, average="macro"), abs=1e-6)
+    assert summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-6)
+
+
+def test_masked_multi_head_loss_ignores_unlabelled_rows():
+    torch.manual_seed(0)
+    logits = {"sentiment": torch.randn(4, 2), "spam": torch.randn(4, 3), "nsfw": torch.randn(4, 2)}
+    labels = {"sentiment": torch.tensor([0, -1, 1, -1]), "spam": torch.tensor([-1, 2, -1, 0]),
+              "nsfw": torch.tensor([-1, -1, -1, -1])}
+    total, per_head = multi_head_loss(logits, labels)
+    assert set(per_head) == {"sentiment", "spam"}  # nsfw has no label in this batch: no term, no NaN
+    assert per_head["sentiment"] == pytest.approx(float(F.cross_entropy(logits["sentiment"][[0, 2]],
+                                                                        torch.tensor([0, 1]))))
+    assert per_head["spam"] == pytest.approx(float(F.cross_entropy(logits["spam"][[1, 3]], torch.tensor([2, 0]))))
+    assert total == pytest.approx(float(per_head["sentiment"] + per_head["spam"]))
+    weights = {"sentiment": torch.tensor([3.0, 1.0]), "spam": torch.ones(3), "nsfw": torch.ones(2)}
+    _, weighted = multi_head_loss(logits, labels, weights)
+    expected = F.cross_entropy(logits["sentiment"][[0, 2]], torch.tensor([0, 1]), weight=weights["sentiment"])
+    assert weighted["sentiment"] == pytest.approx(float(expected))
+    nothing, parts = multi_head_loss(logits, {"nsfw": labels["nsfw"]})
+    assert parts == {} and float(nothing) == 0.0

@@ -1,0 +1,120 @@
+"""Training end to end on the tiny backbone: outputs, package round trip, modes, cache, CLI and sweeps."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from headsmith import load_model
+from headsmith.training.embedding_cache import EmbeddingCache
+from headsmith.training.train import train
+
+from conftest import run_cli
+
+TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a movie."]
+
+
+def test_tiny_run_outputs_and_package_round_trip(compose, reviews_snapshot, tmp_path):
+    metrics, objects = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=3", "optimizer.lr=1e-2"))
+    run = tmp_path / "run"
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.trainer.max_epochs == 3 and saved.optimizer.lr == 1e-2
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert Path(metrics["selection"]["checkpoint"]).is_file()
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert metrics["splits"] == {"train": 168, "val": 24, "test": 48}
+    # both heads are evaluated on the rows that label them: every row labels sentiment, half label `long`
+    assert metrics["test"]["sentiment"]["support"] == 48
+    assert metrics["test"]["long"]["support"] == 24
+    assert set(metrics["test"]["sentiment"]["classes"]) == {"negative", "positive"}
+    assert metrics["selection"]["monitor"] == "val/f1" and 0 <= metrics["selection"]["best_epoch"] < 3
+
+    model = load_model(run / "model")
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["heads"]["long"]["classes"] == ["no", "yes"]
+    assert meta["lineage"]["snapshots"]["train"]["sha256"] == reviews_snapshot.manifest.sha256
+    assert meta["lineage"]["recipe"]["optimizer"]["lr"] == 1e-2
+    assert meta["lineage"]["metrics"]["test"] == metrics["test"]
+    assert not list((run / "model").glob("*.ckpt")) and not list((run / "model").glob("*.bin"))
+    reloaded, trained = model.predict(TEXTS), objects["model"].net.predict(TEXTS)
+    assert reloaded == trained  # identical, not just close
+    for scores in reloaded:
+        assert set(scores) == {"sentiment", "long"}
+        assert sum(scores["sentiment"].values()) == pytest.approx(1.0)
+
+
+def test_same_seed_same_metrics(compose, reviews_snapshot, tmp_path):
+    first, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'a'}"))
+    second, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'b'}"))
+    assert first["test"] == second["test"] and first["selection"]["best_score"] == second["selection"]["best_score"]
+
+
+def test_embedding_cache_is_computed_once_and_equals_the_backbone(compose, reviews_snapshot, workspace, tmp_path):
+    _, objects = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'a'}"))
+    backbone = objects["model"].net.backbone
+    cache = EmbeddingCache(workspace)
+    path = cache.path(reviews_snapshot, backbone)
+    stamp = path.stat().st_mtime_ns
+    train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'b'}", "optimizer.lr=1e-2"))
+    assert path.stat().st_mtime_ns == stamp  # the second run read it
+    texts = reviews_snapshot.frame()["input"].tolist()[:5]
+    with torch.no_grad():
+        direct = backbone.eval()(backbone.preprocess(texts))
+    assert torch.allclose(cache.features(reviews_snapshot, backbone)[:5], direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, trained_blocks", [("partial", 1), ("full", 2)])
+def test_partial_and_full_backbone_modes_train(compose, reviews_snapshot, tiny_backbone, mode, trained_blocks):
+    from transformers import AutoModel
+
+    _, objects = train(compose("dataset.snapshot=reviews", f"backbone.mode={mode}", "backbone.trainable_blocks=1",
+                               "debug=fast", "optimizer.lr=1e-2"))
+    before = AutoModel.from_pretrained(tiny_backbone).encoder.layer
+    after = objects["model"].net.backbone.encoder.encoder.layer
+    changed = [not torch.equal(b.output.dense.weight, a.output.dense.weight) for b, a in zip(before, after)]
+    assert sum(changed) == trained_blocks and changed[-1]
+
+
+def test_validation_every_n_steps(compose, reviews_snapshot, tmp_path):
+    train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1", "trainer.val_check_interval=2",
+                  "trainer.check_val_every_n_epoch=null", "~callbacks.early_stopping"))
+    log = pd.read_csv(tmp_path / "run" / "logs" / "metrics.csv")
+    assert log["val/f1"].notna().sum() >= 3  # 6 training steps: validated at steps 2, 4, 6, then the final check
+
+
+def test_separate_test_snapshot(compose, workspace, reviews_snapshot, reviews_csv):
+    from headsmith.data.snapshot import create_snapshot
+
+    held_out = pd.read_csv(reviews_csv).iloc[::4]
+    path = reviews_csv.with_name("held-out.csv")
+    held_out.to_csv(path, index=False)
+    create_snapshot(workspace, path, name="held-out", input_column="text", labels={"sentiment": "sentiment"})
+    metrics, _ = train(compose("dataset.snapshot=reviews", "dataset.test_snapshot=held-out",
+                               "dataset.heads=[sentiment]", "debug=fast"))
+    assert metrics["splits"]["test"] == 60 and metrics["test"]["sentiment"]["support"] == 60
+    meta = json.loads((Path(metrics["model"]) / "model.json").read_text())
+    assert meta["lineage"]["snapshots"]["test"]["name"] == "held-out"
+
+
+def test_cli_config_mistake_stops_before_training(workspace, reviews_snapshot, tiny_backbone):
+    result = run_cli("train", "dataset.snapshot=reviews", f"backbone.pretrained={tiny_backbone}", "backbone=hf_text",
+                     "selection.head=toxicity", "+optimizer.momentum=0.9")
+    assert result.returncode == 2
+    assert "selection.head=toxicity: not a head being trained (heads: sentiment, long)" in result.stdout
+    assert "optimizer.momentum: not an option of torch.optim.AdamW" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not list(workspace.runs_dir.rglob("*.ckpt"))
+
+
+def test_cli_multirun_sweep(workspace, reviews_snapshot, tiny_backbone):
+    result = run_cli("train", "dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+                     "trainer=cpu", "trainer.max_epochs=1", "name=sweep", "-m", "optimizer.lr=1e-3,1e-2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = sorted((workspace.runs_dir / "sweep").glob("multirun-*/*/metrics.json"))
+    assert len(jobs) == 2
+    lrs = sorted(OmegaConf.load(job.parent / "config.yaml").optimizer.lr for job in jobs)
+    assert lrs == [1e-3, 1e-2]
+    assert all("sentiment" in json.loads(job.read_text())["test"] for job in jobs)
