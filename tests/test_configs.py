@@ -6,6 +6,7 @@ from hydra.errors import ConfigCompositionException
 from headsmith.config import compose_train_config, config_dir, register_recipes
 from headsmith.errors import ConfigError
 from headsmith.training.validate import static_problems, validate_config
+from headsmith.workspace import Workspace
 
 RECIPES = sorted(register_recipes())
 GROUP_OPTIONS = [(group.name, option.stem) for group in sorted(config_dir().iterdir()) if group.is_dir()
@@ -39,7 +40,7 @@ def test_selection_rule_is_defined_once(tmp_path):
 
 def _problems(compose, *overrides) -> str:
     with pytest.raises(ConfigError) as e:
-        validate_config(compose(*overrides), __import__("headsmith.workspace").workspace.Workspace())
+        validate_config(compose(*overrides), Workspace())
     return str(e.value)
 
 

@@ -93,7 +93,7 @@ def test_separate_test_snapshot(compose, workspace, reviews_snapshot, reviews_cs
     held_out.to_csv(path, index=False)
     create_snapshot(workspace, path, name="held-out", input_column="text", labels={"sentiment": "sentiment"})
     metrics, _ = train(compose("dataset.snapshot=reviews", "dataset.test_snapshot=held-out",
-                               "dataset.heads=[sentiment]", "debug=fast"))
+                               "dataset.heads=[sentiment]", "debug=fast", "scheduler=cosine"))
     assert metrics["splits"]["test"] == 60 and metrics["test"]["sentiment"]["support"] == 60
     meta = json.loads((Path(metrics["model"]) / "model.json").read_text())
     assert meta["lineage"]["snapshots"]["test"]["name"] == "held-out"
@@ -118,3 +118,13 @@ def test_cli_multirun_sweep(workspace, reviews_snapshot, tiny_backbone):
     lrs = sorted(OmegaConf.load(job.parent / "config.yaml").optimizer.lr for job in jobs)
     assert lrs == [1e-3, 1e-2]
     assert all("sentiment" in json.loads(job.read_text())["test"] for job in jobs)
+
+
+def test_wandb_logger_runs_offline(compose, reviews_snapshot, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose("dataset.snapshot=reviews", "logger=wandb", "debug=fast")
+    assert cfg.logger.wandb.offline is True
+    train(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # a run folder `wandb sync` can upload later
+    assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()  # the CSV logger stays on beside it

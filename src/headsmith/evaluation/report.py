@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False)
+console = Console()
 
 
 def metrics_table(stage: str, head: str, summary: dict) -> Table:
