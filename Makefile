@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: setup
 	$(HS) example-data rotten-tomatoes $(DATA)/rotten-tomatoes.csv
+	$(HS) dataset import $(DATA)/rotten-tomatoes.csv --name rotten-tomatoes --yes
 	$(HS) snapshot show rotten-tomatoes >/dev/null 2>&1 || \
-	  $(HS) snapshot create $(DATA)/rotten-tomatoes.csv --name rotten-tomatoes --input text --label sentiment=sentiment
+	  $(HS) snapshot create rotten-tomatoes --name rotten-tomatoes --input text --label sentiment=sentiment
 	$(HS) train recipe=sentiment
 
 test: setup

@@ -16,7 +16,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 
 from headsmith.config import compose_train_config  # noqa: E402
+from headsmith.data.dataset import fetch_media, import_dataset  # noqa: E402
 from headsmith.data.examples import rotten_tomatoes  # noqa: E402
+from headsmith.data.ingest import infer_columns, read_table  # noqa: E402
 from headsmith.data.snapshot import create_snapshot  # noqa: E402
 from headsmith.workspace import Workspace  # noqa: E402
 
@@ -47,10 +49,23 @@ def reviews_csv(reviews, tmp_path) -> Path:
     return path
 
 
+def import_csv(workspace: Workspace, path: Path, name: str, **types: str) -> str:
+    """`headsmith dataset import PATH --name NAME --yes [--column COL=TYPE ...]`, in process."""
+    table = read_table(path)
+    import_dataset(workspace, name, table, infer_columns(table, types))
+    fetch_media(workspace, name)
+    return name
+
+
+def snapshot_csv(workspace: Workspace, path: Path, name: str, input_column: str, labels: dict, **options):
+    """Import a CSV as a dataset and snapshot it under the same name."""
+    import_csv(workspace, path, name, **{input_column: "text"}, **{column: "label" for column in labels.values()})
+    return create_snapshot(workspace, name, name=name, input_column=input_column, labels=labels, **options)
+
+
 @pytest.fixture
 def reviews_snapshot(workspace, reviews_csv):
-    return create_snapshot(workspace, reviews_csv, name="reviews", input_column="text",
-                           labels={"sentiment": "sentiment", "long": "long"})
+    return snapshot_csv(workspace, reviews_csv, "reviews", "text", {"sentiment": "sentiment", "long": "long"})
 
 
 @pytest.fixture(scope="session")

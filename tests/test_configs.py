@@ -12,6 +12,8 @@ RECIPES = sorted(register_recipes())
 GROUP_OPTIONS = [(group.name, option.stem) for group in sorted(config_dir().iterdir()) if group.is_dir()
                  for option in sorted(group.glob("*.yaml"))]
 
+from conftest import snapshot_csv
+
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_binds(recipe, tmp_path):
@@ -94,11 +96,10 @@ def test_backbone_mode_and_split(compose, reviews_snapshot):
 def test_test_snapshot_must_match(compose, workspace, reviews_snapshot, tmp_path):
     import pandas as pd
 
-    from headsmith.data.snapshot import create_snapshot
-
+    
     path = tmp_path / "other.csv"
-    pd.DataFrame({"text": ["good", "bad", "meh"], "sentiment": ["positive", "negative", "neutral"]}).to_csv(path)
-    create_snapshot(workspace, path, name="other", input_column="text", labels={"sentiment": "sentiment"})
+    pd.DataFrame({"text": ["good", "bad", "meh"], "sentiment": ["positive", "negative", "neutral"]}).to_csv(path, index=False)
+    snapshot_csv(workspace, path, "other", "text", {"sentiment": "sentiment"})
     text = _problems(compose, "dataset.snapshot=reviews", "dataset.test_snapshot=other")
     assert "head 'sentiment' classes differ: only in 'reviews': [], only in 'other': ['neutral']" in text
     assert "head 'long' is not labelled in the test snapshot 'other' (it labels: sentiment)" in text

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from headsmith.data.datamodule import SnapshotDataModule, stratified_split
-from headsmith.data.snapshot import create_snapshot
+
+from conftest import snapshot_csv
 
 
 def test_split_is_stratified_disjoint_and_seeded(reviews_snapshot):
@@ -30,7 +31,7 @@ def test_batches_carry_masked_labels_and_balanced_weights(workspace, tmp_path):
     pd.DataFrame({"text": [f"text {i}" for i in range(100)],
                   "spam": ["yes"] * 20 + ["no"] * 80,
                   "nsfw": ["safe", "", "unsafe", ""] * 25}).to_csv(path, index=False)
-    create_snapshot(workspace, path, name="imb", input_column="text", labels={"spam": "spam", "nsfw": "nsfw"})
+    snapshot_csv(workspace, path, "imb", "text", {"spam": "spam", "nsfw": "nsfw"})
     dm = SnapshotDataModule("imb", workspace=workspace, preprocess=lambda texts: {"n": torch.tensor(len(texts))},
                             val_fraction=0.1, test_fraction=0.2, heads=["spam"])
     assert dm.split_sizes() == {"train": 70, "val": 10, "test": 20}

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from headsmith import load_model
-from headsmith.data.snapshot import create_snapshot
 from headsmith.training.train import train
+
+from conftest import snapshot_csv
 
 
 @pytest.mark.slow
@@ -15,7 +16,7 @@ def test_sentiment_recipe_on_real_reviews(compose, workspace, reviews, tmp_path)
     sample = reviews.groupby("sentiment").sample(500, random_state=0)
     path = tmp_path / "sample.csv"
     sample.to_csv(path, index=False)
-    create_snapshot(workspace, path, name="rotten-tomatoes", input_column="text", labels={"sentiment": "sentiment"})
+    snapshot_csv(workspace, path, "rotten-tomatoes", "text", {"sentiment": "sentiment"})
     metrics, _ = train(compose("recipe=sentiment", "trainer.max_epochs=8", fast=False))
     sentiment = metrics["test"]["sentiment"]
     assert sentiment["support"] == 200

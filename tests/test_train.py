@@ -12,7 +12,7 @@ from headsmith import load_model
 from headsmith.training.embedding_cache import EmbeddingCache
 from headsmith.training.train import train
 
-from conftest import run_cli
+from conftest import run_cli, snapshot_csv
 
 TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a movie."]
 
@@ -86,12 +86,11 @@ def test_validation_every_n_steps(compose, reviews_snapshot, tmp_path):
 
 
 def test_separate_test_snapshot(compose, workspace, reviews_snapshot, reviews_csv):
-    from headsmith.data.snapshot import create_snapshot
-
+    
     held_out = pd.read_csv(reviews_csv).iloc[::4]
     path = reviews_csv.with_name("held-out.csv")
     held_out.to_csv(path, index=False)
-    create_snapshot(workspace, path, name="held-out", input_column="text", labels={"sentiment": "sentiment"})
+    snapshot_csv(workspace, path, "held-out", "text", {"sentiment": "sentiment"})
     metrics, _ = train(compose("dataset.snapshot=reviews", "dataset.test_snapshot=held-out",
                                "dataset.heads=[sentiment]", "debug=fast", "scheduler=cosine"))
     assert metrics["splits"]["test"] == 60 and metrics["test"]["sentiment"]["support"] == 60

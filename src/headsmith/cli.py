@@ -19,6 +19,9 @@ snapshot_app = typer.Typer(help="Immutable, validated snapshots of labelled data
                            no_args_is_help=True)
 recipe_app = typer.Typer(help="Recipes: whole experiments, selected with `headsmith train recipe=NAME`.",
                          no_args_is_help=True)
+dataset_app = typer.Typer(help="Datasets: CSVs imported into the workspace, to preview, fix and snapshot.",
+                          no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(recipe_app, name="recipe")
 
@@ -72,20 +75,23 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
 @snapshot_app.command("create")
 @user_errors
 def snapshot_create(
-    csv: Annotated[Path, typer.Argument(help="CSV file: an input column and one label column per head")],
+    dataset: Annotated[str, typer.Argument(help="the dataset to freeze (headsmith dataset list)")],
     name: Annotated[str, typer.Option(help="the snapshot's name, used by recipes (dataset.snapshot=NAME)")],
-    input: Annotated[str, typer.Option("--input", help="column holding the text")],
+    input: Annotated[str, typer.Option("--input", help="the column holding the text or image")],
     label: Annotated[list[str], typer.Option("--label", help="HEAD=COLUMN, once per head")],
-    type: Annotated[str, typer.Option("--type", help="text-classification")] = "text-classification",
+    type: Annotated[str, typer.Option("--type", help="text-classification or image-classification")
+                    ] = "text-classification",
     max_invalid: Annotated[float, typer.Option(help="invalid data criterion: the largest share of invalid rows "
                                                     "that are dropped (and reported) instead of refusing")] = 0.05,
+    backbone: Annotated[Optional[str], typer.Option(help="check texts against this backbone's token limit")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="token limit (default: the backbone's own)")] = None,
 ):
-    """Validate a CSV and freeze it into an immutable, content-hashed snapshot."""
+    """Validate a dataset and freeze it into an immutable, content-hashed snapshot."""
     from headsmith.data.snapshot import create_snapshot
     from headsmith.workspace import Workspace
 
-    snap = create_snapshot(Workspace(), csv, name=name, input_column=input, labels=_parse_labels(label), type=type,
-                           max_invalid=max_invalid)
+    snap = create_snapshot(Workspace(), dataset, name=name, input_column=input, labels=_parse_labels(label),
+                           type=type, max_invalid=max_invalid, backbone=backbone, max_tokens=max_tokens)
     _print_manifest(snap.manifest)
 
 
@@ -95,8 +101,14 @@ def _print_manifest(m) -> None:
         counts = ", ".join(f"{c}={n}" for c, n in labels.counts.items())
         console.print(f"  head {head} (column '{labels.column}'): {counts}")
     if m.invalid_rows:
-        console.print(f"  {len(m.invalid_rows)} invalid rows dropped, e.g. row {m.invalid_rows[0]['row']}: "
-                      f"{m.invalid_rows[0]['reason']}")
+        console.print(f"  {len(m.invalid_rows)} invalid rows dropped:", highlight=False)
+        for r in m.invalid_rows[:10]:
+            console.print(f"    row {r['row']}: {r['reason']}", highlight=False)
+    conflicts = m.leakage.get("conflicting_duplicates", [])
+    if conflicts:
+        console.print(f"  [yellow]leakage:[/] {len(conflicts)} inputs appear more than once with different labels:")
+        for c in conflicts[:10]:
+            console.print(f"    head {c['head']}: rows {c['rows']} say {c['labels']}", highlight=False)
     console.print(f"  sha256 {m.sha256}")
 
 
@@ -146,6 +158,251 @@ def recipe_show(name: str, overrides: Annotated[Optional[list[str]], typer.Argum
     from headsmith.config import compose_train_config
 
     print(OmegaConf.to_yaml(compose_train_config([f"recipe={name}", *(overrides or [])])))
+
+
+def _parse_columns(items: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in items:
+        column, sep, kind = item.rpartition("=")
+        if not sep or not column:
+            raise HeadsmithError(f"--column {item}: write it as COLUMN=TYPE, e.g. --column url=image")
+        parsed[column] = kind
+    return parsed
+
+
+def _fetcher(concurrency: int, timeout: float, retries: int):
+    from headsmith.data.media import BlobStore, MediaFetcher
+    from headsmith.workspace import Workspace
+
+    return MediaFetcher(BlobStore(Workspace().blobs_dir), timeout=timeout, retries=retries, concurrency=concurrency)
+
+
+def _print_columns(table, columns) -> None:
+    from collections import Counter
+
+    from headsmith.data.ingest import normalize_labels
+
+    view = Table("column", "type", "why", title=f"columns of {table.path.name} ({len(table.rows)} rows)",
+                 title_justify="left")
+    for c in columns:
+        why = c.reason
+        if c.type == "label":
+            counts = Counter(v for v in normalize_labels(table.values(c.name))[0] if v is not None)
+            why += "\nclasses: " + ", ".join(f"{k}={n}" for k, n in counts.most_common())
+        view.add_row(c.name, c.type, why)
+    console.print(view)
+
+
+def _print_media(counts: dict[str, int], name: str) -> None:
+    if counts:
+        console.print("images: " + ", ".join(f"{status} {n}" for status, n in counts.items()), highlight=False)
+        if set(counts) - {"ok"}:
+            console.print(f"see which failed and why: headsmith dataset show {name} --failed; "
+                          f"retry them: headsmith dataset fetch {name}", highlight=False)
+
+
+FETCH_OPTIONS = {
+    "concurrency": typer.Option(help="images fetched at once"),
+    "timeout": typer.Option(help="seconds to wait for each image"),
+    "retries": typer.Option(help="retries after a timeout or a server error, with backoff"),
+}
+
+
+@dataset_app.command("import")
+@user_errors
+def dataset_import(
+    file: Annotated[Path, typer.Argument(help="CSV: a column of image URLs or text, one label column per head")],
+    name: Annotated[str, typer.Option(help="the dataset's name")],
+    column: Annotated[Optional[list[str]], typer.Option("--column", help="COL=TYPE to set a column's type "
+                                                        "(image, text, json, label, ignore)")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="accept the column types without asking")] = False,
+    encoding: Annotated[Optional[str], typer.Option(help="the file's encoding when it is not UTF-8")] = None,
+    concurrency: Annotated[int, FETCH_OPTIONS["concurrency"]] = 16,
+    timeout: Annotated[float, FETCH_OPTIONS["timeout"]] = 10.0,
+    retries: Annotated[int, FETCH_OPTIONS["retries"]] = 2,
+):
+    """Import a CSV: infer each column's type (confirm or override), store the rows, fetch the images."""
+    import sys
+
+    from headsmith.data.dataset import fetch_media, file_sha256, get_dataset, import_dataset
+    from headsmith.data.ingest import infer_columns, read_table
+    from headsmith.errors import DatasetError
+    from headsmith.workspace import Workspace
+
+    workspace = Workspace()
+    try:
+        existing = get_dataset(workspace, name)
+    except DatasetError:
+        existing = None
+    if existing and existing.source_sha256 == file_sha256(file) and not column:
+        console.print(f"dataset '{name}' was imported from this file already: fetching what is still missing")
+        _print_media(fetch_media(workspace, name, _fetcher(concurrency, timeout, retries)), name)
+        return
+    table = read_table(file, encoding=encoding)
+    columns = infer_columns(table, _parse_columns(column or []))
+    _print_columns(table, columns)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise HeadsmithError("confirm the column types with --yes, or change them with --column COL=TYPE")
+        if not typer.confirm("Import with these column types?", default=True):
+            raise HeadsmithError("not imported; change types with --column COL=TYPE and run again")
+    for note in import_dataset(workspace, name, table, columns):
+        console.print(f"  note: {note}", highlight=False)
+    console.print(f"dataset [bold]{name}[/]: {len(table.rows)} rows imported")
+    _print_media(fetch_media(workspace, name, _fetcher(concurrency, timeout, retries)), name)
+
+
+@dataset_app.command("fetch")
+@user_errors
+def dataset_fetch(name: str, concurrency: Annotated[int, FETCH_OPTIONS["concurrency"]] = 16,
+                  timeout: Annotated[float, FETCH_OPTIONS["timeout"]] = 10.0,
+                  retries: Annotated[int, FETCH_OPTIONS["retries"]] = 2):
+    """Fetch the images that failed or are missing (an interrupted import resumes here)."""
+    from headsmith.data.dataset import fetch_media
+    from headsmith.workspace import Workspace
+
+    _print_media(fetch_media(Workspace(), name, _fetcher(concurrency, timeout, retries)), name)
+
+
+@dataset_app.command("show")
+@user_errors
+def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to preview")] = 10,
+                 failed: Annotated[bool, typer.Option("--failed", help="list only rows whose image failed")] = False,
+                 format: Annotated[str, typer.Option("--format", help="text or json")] = "text"):
+    """Rows with their image status, classes per label column with counts, failed rows with reasons."""
+    from headsmith.data.dataset import get_dataset, media_counts, rows_frame
+    from headsmith.workspace import Workspace
+
+    workspace = Workspace()
+    dataset = get_dataset(workspace, name)
+    frame = rows_frame(workspace, name)
+    images = dataset.of_type("image")
+    bad = frame[frame[[f"{c}:status" for c in images]].ne("ok").any(axis=1)] if images else frame.iloc[:0]
+    labels = {c: frame[c].value_counts().to_dict() for c in dataset.of_type("label")}
+    failures = [{"row": int(r["row"]), "line": int(r["line"]), "column": c, "ref": r[c],
+                 "status": r[f"{c}:status"], "detail": r[f"{c}:detail"]}
+                for _, r in bad.iterrows() for c in images if r[f"{c}:status"] != "ok"]
+    if format == "json":
+        shown = bad if failed else frame.head(rows)
+        print(json.dumps({"name": name, "rows": len(frame), "columns": [c.as_dict() for c in dataset.columns],
+                          "classes": labels, "media": media_counts(workspace, name), "failed": failures,
+                          "preview": json.loads(shown.drop(columns=["source"]).to_json(orient="records"))},
+                         indent=2, ensure_ascii=False))
+        return
+    console.print(f"dataset [bold]{name}[/]: {len(frame)} rows, from {dataset.source}", highlight=False)
+    for c in dataset.columns:
+        console.print(f"  {c.name}: {c.type} ({c.reason})", highlight=False)
+    for column, counts in labels.items():
+        console.print(f"  classes of {column}: " + ", ".join(f"{k}={n}" for k, n in counts.items()), highlight=False)
+    _print_media(media_counts(workspace, name), name)
+    if failed:
+        view = Table("row", "line", "column", "ref", "status", "detail", title="rows whose image failed")
+        for f in failures:
+            view.add_row(str(f["row"]), str(f["line"]), f["column"], f["ref"], f["status"], f["detail"])
+    else:
+        shown = [c for c in frame.columns if c not in ("source", "line") and not c.endswith((":sha256", ":detail"))]
+        view = Table(*shown, title=f"first {min(rows, len(frame))} rows")
+        for _, r in frame.head(rows).iterrows():
+            view.add_row(*(("" if v is None else str(v))[:60] for v in r[shown]))
+    console.print(view)
+
+
+@dataset_app.command("list")
+@user_errors
+def dataset_list():
+    """Every dataset in the workspace."""
+    from headsmith.data.dataset import list_datasets
+    from headsmith.workspace import Workspace
+
+    view = Table("name", "rows", "images not ok", "created", "source")
+    for d in list_datasets(Workspace()):
+        view.add_row(d["name"], str(d["rows"]), str(d["media_not_ok"]), d["created_at"], d["source"])
+    console.print(view)
+
+
+@dataset_app.command("set")
+@user_errors
+def dataset_set(name: str, row: int, column: str, value: str):
+    """Change one cell, e.g. a row's label: headsmith dataset set reviews 12 sentiment positive"""
+    from headsmith.data.dataset import set_value
+    from headsmith.workspace import Workspace
+
+    old, new = set_value(Workspace(), name, row, column, value)
+    console.print(f"row {row}, {column}: {old!r} -> {new!r}", highlight=False)
+
+
+@dataset_app.command("delete-rows")
+@user_errors
+def dataset_delete_rows(name: str, rows: Annotated[list[int], typer.Argument(help="row numbers")]):
+    """Delete rows (kept in history; snapshots already made keep them)."""
+    from headsmith.data.dataset import delete_rows
+    from headsmith.workspace import Workspace
+
+    delete_rows(Workspace(), name, rows)
+    console.print(f"deleted {len(rows)} rows from '{name}'")
+
+
+@dataset_app.command("add-rows")
+@user_errors
+def dataset_add_rows(name: str, file: Path, encoding: Annotated[Optional[str], typer.Option()] = None,
+                     concurrency: Annotated[int, FETCH_OPTIONS["concurrency"]] = 16,
+                     timeout: Annotated[float, FETCH_OPTIONS["timeout"]] = 10.0,
+                     retries: Annotated[int, FETCH_OPTIONS["retries"]] = 2):
+    """Add rows from another CSV with the same columns, and fetch their images."""
+    from headsmith.data.dataset import add_rows, fetch_media
+    from headsmith.data.ingest import read_table
+    from headsmith.workspace import Workspace
+
+    added, notes = add_rows(Workspace(), name, read_table(file, encoding=encoding))
+    for note in notes:
+        console.print(f"  note: {note}", highlight=False)
+    console.print(f"added {added} rows to '{name}'")
+    _print_media(fetch_media(Workspace(), name, _fetcher(concurrency, timeout, retries)), name)
+
+
+@dataset_app.command("history")
+@user_errors
+def dataset_history(name: str):
+    """Every change to a dataset, oldest first."""
+    from headsmith.data.dataset import history
+    from headsmith.workspace import Workspace
+
+    for event in history(Workspace(), name):
+        at, action = event.pop("at"), event.pop("action")
+        console.print(f"{at}  {action}  {json.dumps(event, ensure_ascii=False)}", highlight=False)
+
+
+@dataset_app.command("delete")
+@user_errors
+def dataset_delete(name: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = False):
+    """Delete a dataset (its snapshots stay)."""
+    from headsmith.data.dataset import delete_dataset
+    from headsmith.workspace import Workspace
+
+    if not yes and not typer.confirm(f"Delete dataset '{name}'?", default=False):
+        raise typer.Exit(1)
+    delete_dataset(Workspace(), name)
+    console.print(f"deleted dataset '{name}'")
+
+
+@snapshot_app.command("diff")
+@user_errors
+def snapshot_diff(a: str, b: str, format: Annotated[str, typer.Option("--format", help="text or json")] = "text"):
+    """Rows added and removed from A to B, labels changed, and label counts per head."""
+    from headsmith.data.snapshot import diff_snapshots, load_snapshot
+    from headsmith.workspace import Workspace
+
+    diff = diff_snapshots(load_snapshot(Workspace(), a), load_snapshot(Workspace(), b))
+    if format == "json":
+        print(json.dumps(diff, indent=2, ensure_ascii=False))
+        return
+    console.print(f"{a} -> {b}: {diff['added']} rows added, {diff['removed']} removed, "
+                  f"{diff['relabelled']} relabelled", highlight=False)
+    for head, counts in diff["heads"].items():
+        view = Table("class", a, b, "change", title=f"head {head}", title_justify="left")
+        for label, (before, after) in counts.items():
+            view.add_row(label, str(before), str(after), f"{after - before:+d}")
+        console.print(view)
 
 
 if __name__ == "__main__":

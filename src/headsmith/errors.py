@@ -16,3 +16,7 @@ class ConfigError(HeadsmithError):
 
 class SnapshotError(HeadsmithError):
     """A snapshot cannot be created or loaded."""
+
+
+class DatasetError(HeadsmithError):
+    """A CSV cannot be imported, or a dataset edit is not possible."""

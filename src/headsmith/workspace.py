@@ -8,6 +8,41 @@ from contextlib import contextmanager
 from pathlib import Path
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    columns TEXT NOT NULL,          -- JSON: [{name, type, reason}]
+    source TEXT NOT NULL,           -- the CSV it was imported from
+    source_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dataset_rows (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+    row INTEGER NOT NULL,           -- stable row number: import order, 1-based
+    line INTEGER NOT NULL,          -- line of the source file where the row starts
+    source TEXT NOT NULL,           -- file the row came from
+    data TEXT NOT NULL,             -- JSON: {column: value}
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (dataset_id, row)
+);
+CREATE TABLE IF NOT EXISTS media (
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+    row INTEGER NOT NULL,
+    column TEXT NOT NULL,
+    ref TEXT NOT NULL,              -- URL or path as written in the CSV
+    status TEXT NOT NULL,           -- pending, ok, or why not (http_error, timeout, not_an_image, ...)
+    detail TEXT NOT NULL DEFAULT '',
+    sha256 TEXT,                    -- blob in the store when ok
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, row, column)
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+    at TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL            -- JSON
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -33,6 +68,10 @@ class Workspace:
         return self.root / "snapshots"
 
     @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs"
+
+    @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
 
@@ -48,6 +87,7 @@ class Workspace:
         conn.row_factory = sqlite3.Row
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
             with conn:
                 yield conn

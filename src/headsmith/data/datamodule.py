@@ -35,6 +35,8 @@ def stratified_split(frame: pd.DataFrame, heads: list[str], fractions: dict[str,
 
 
 def snapshot_differences(train: Snapshot, test: Snapshot, heads: list[str]) -> list[str]:
+    if train.manifest.type != test.manifest.type:
+        return [f"'{train.manifest.name}' is {train.manifest.type} but '{test.manifest.name}' is {test.manifest.type}"]
     problems = []
     for head in heads:
         if head not in test.manifest.heads:
@@ -118,7 +120,8 @@ class SnapshotDataModule(pl.LightningDataModule):
 
     def _collate(self, items):
         inputs, labels = zip(*items)
-        batch = {"features": torch.stack(inputs)} if self.features else self.preprocess(list(inputs))
+        batch = ({"features": torch.stack(inputs)} if self.features
+                 else self.preprocess(self.snapshot.load_inputs(list(inputs))))
         return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:

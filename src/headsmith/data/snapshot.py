@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
+from collections import Counter
 import json
 import os
 import shutil
@@ -14,7 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
+from headsmith.data.dataset import check_name, get_dataset, rows_frame
+from headsmith.data.media import BlobStore
 from headsmith.errors import SnapshotError
 from headsmith.workspace import Workspace
 
@@ -44,6 +47,7 @@ class SnapshotManifest:
     sha256: str  # of data.parquet
     source: dict
     invalid_rows: list[dict] = field(default_factory=list)
+    leakage: dict = field(default_factory=dict)
     created_at: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -65,10 +69,18 @@ class SnapshotManifest:
 class Snapshot:
     manifest: SnapshotManifest
     path: Path
+    blobs: BlobStore
 
     def frame(self) -> pd.DataFrame:
-        """The rows: `row` (line in the source file), `input`, and one label column per head (None = unlabelled)."""
+        """The rows: `row` (in the dataset), `input` (text, or an image's sha256 with its URL in `source`), and one
+        label column per head (None = unlabelled)."""
         return pd.read_parquet(self.path / DATA_FILE)
+
+    def load_inputs(self, values: list[str]) -> list:
+        """What a backbone's preprocess takes: texts as they are; images decoded (RGB) from the blob store."""
+        if self.manifest.type != "image-classification":
+            return list(values)
+        return [Image.open(self.blobs.path(sha)).convert("RGB") for sha in values]
 
 
 def _sha256(path: Path) -> str:
@@ -79,74 +91,94 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_csv(path: Path) -> pd.DataFrame:
-    """Every cell as a string, empty cells as ''; errors name the file and what to do."""
-    if not path.is_file():
-        raise SnapshotError(f"{path}: no such file")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise SnapshotError(f"{path}: the file is empty; it needs a header row and at least one data row") from None
-    except UnicodeDecodeError as e:
-        raise SnapshotError(f"{path}: not UTF-8 (byte {e.start}); re-save the file as UTF-8") from None
-    except (pd.errors.ParserError, csv.Error) as e:
-        raise SnapshotError(f"{path}: cannot parse as CSV: {e}") from None
+def _token_counter(backbone: str):
+    from transformers import AutoTokenizer
+
+    from headsmith.models.backbones import resolve_pretrained
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(backbone))
+    return tokenizer, lambda text: len(tokenizer(text, truncation=False)["input_ids"])
 
 
-def _check_columns(path: Path, table: pd.DataFrame, input_column: str, labels: dict[str, str]) -> None:
-    available = ", ".join(table.columns)
-    problems = []
-    if input_column not in table.columns:
-        problems.append(f"input column '{input_column}' is not in {path.name} (columns: {available})")
-    for head, column in labels.items():
-        if column not in table.columns:
-            problems.append(f"label column '{column}' for head '{head}' is not in {path.name} (columns: {available}); "
-                            f"pass --label {head}=COLUMN with one of them")
-    if problems:
-        raise SnapshotError("\n".join(problems))
+def conflicting_duplicates(rows: pd.DataFrame, heads: list[str]) -> list[dict]:
+    """Identical inputs labelled differently for the same head: the model is asked to learn both answers."""
+    conflicts = []
+    for head in heads:
+        labelled = rows[rows[head].notna()]
+        grouped = labelled.groupby("input", sort=False)[head].nunique()
+        for value in grouped[grouped > 1].index:
+            same = labelled[labelled["input"] == value]
+            conflicts.append({"head": head, "rows": same["row"].astype(int).tolist(),
+                              "labels": sorted(same[head].unique().tolist())})
+    return conflicts
 
 
 def create_snapshot(
     workspace: Workspace,
-    csv_path: Path | str,
+    dataset: str,
     *,
     name: str,
     input_column: str,
     labels: dict[str, str],
     type: str = "text-classification",
     max_invalid: float = 0.05,
+    backbone: str | None = None,
+    max_tokens: int | None = None,
 ) -> Snapshot:
-    """Validate a CSV and freeze it into an immutable snapshot; written atomically, never half."""
-    csv_path = Path(csv_path)
-    if type != "text-classification":
-        raise SnapshotError(f"--type {type}: only text-classification snapshots can be created from a CSV so far")
+    """Validate a dataset's live rows and freeze them into an immutable snapshot; written atomically, never half.
+    With `backbone`, texts longer than its token limit (or `max_tokens`) are invalid rows."""
+    check_name(name, "snapshot")
+    if type not in SNAPSHOT_TYPES:
+        raise SnapshotError(f"--type {type}: choose one of {', '.join(SNAPSHOT_TYPES)}")
     if not labels:
         raise SnapshotError("no heads: pass at least one --label HEAD=COLUMN")
-    _check_name(name)
-    table = read_csv(csv_path)
-    if table.empty:
-        raise SnapshotError(f"{csv_path}: has a header but no data rows")
-    _check_columns(csv_path, table, input_column, labels)
-
-    rows = pd.DataFrame({"row": range(2, len(table) + 2)})  # line numbers in the file, header is line 1
-    rows["input"] = table[input_column].to_numpy()
+    ds = get_dataset(workspace, dataset)
+    want = "image" if type == "image-classification" else "text"
+    problems = []
+    if ds.column(input_column).type != want:
+        problems.append(f"--input {input_column}: a {type} snapshot needs a {want} column, and '{input_column}' is "
+                        f"{ds.column(input_column).type} (re-import with --column {input_column}={want} if it is one)")
     for head, column in labels.items():
-        stripped = table[column].str.strip()
-        rows[head] = stripped.where(stripped != "", None)
+        if ds.column(column).type != "label":
+            problems.append(f"--label {head}={column}: '{column}' is a {ds.column(column).type} column, not a label "
+                            f"column (re-import with --column {column}=label if it holds classes)")
+    if problems:
+        raise SnapshotError("\n".join(problems))
 
-    reasons = pd.Series("", index=rows.index)
-    reasons[rows["input"].str.strip() == ""] = f"empty {input_column}"
-    unlabelled = rows[list(labels)].isna().all(axis=1) & (reasons == "")
-    reasons[unlabelled] = "no label for any head"
+    frame = rows_frame(workspace, dataset)
+    if frame.empty:
+        raise SnapshotError(f"dataset '{dataset}' has no rows left")
+    rows = pd.DataFrame({"row": frame["row"].astype("int64")})
+    reasons = pd.Series("", index=frame.index, dtype=object)
+    if want == "image":
+        rows["input"] = frame[f"{input_column}:sha256"]
+        rows["source"] = frame[input_column]
+        bad = frame[f"{input_column}:status"] != "ok"
+        reasons[bad] = frame[f"{input_column}:status"][bad] + ": " + frame[f"{input_column}:detail"][bad]
+    else:
+        rows["input"] = frame[input_column].fillna("")
+        reasons[rows["input"].str.strip() == ""] = f"empty {input_column}"
+        if backbone:
+            tokenizer, count = _token_counter(backbone)
+            limit = max_tokens or tokenizer.model_max_length
+            tokens = rows["input"].map(count)
+            over = (tokens > limit) & (reasons == "")
+            reasons[over] = tokens[over].map(lambda n: f"{n} tokens, over the {limit}-token limit of {backbone}")
+    for head, column in labels.items():
+        rows[head] = frame[column].where(frame[column].notna(), None)
+    reasons[rows[list(labels)].isna().all(axis=1) & (reasons == "")] = "no label for any head"
+
     invalid = reasons != ""
-    invalid_rows = [{"row": int(r), "reason": why} for r, why in zip(rows["row"][invalid], reasons[invalid])]
+    invalid_rows = [{"row": int(r), "line": int(line), "reason": why}
+                    for r, line, why in zip(rows["row"][invalid], frame["line"][invalid], reasons[invalid])]
     share = len(invalid_rows) / len(rows)
     if share > max_invalid:
-        listing = "\n".join(f"  {csv_path.name}:{r['row']}: {r['reason']}" for r in invalid_rows[:10])
+        listing = "\n".join(f"  row {r['row']} (line {r['line']}): {r['reason']}" for r in invalid_rows[:10])
         more = f"\n  ... and {len(invalid_rows) - 10} more" if len(invalid_rows) > 10 else ""
-        raise SnapshotError(f"{csv_path}: {len(invalid_rows)} of {len(rows)} rows ({share:.1%}) are invalid, above the "
-                            f"invalid data criterion of {max_invalid:.1%}:\n{listing}{more}\n"
-                            "Fix those rows, or raise --max-invalid to drop them.")
+        raise SnapshotError(f"dataset '{dataset}': {len(invalid_rows)} of {len(rows)} rows ({share:.1%}) are invalid, "
+                            f"above the invalid data criterion of {max_invalid:.1%}:\n{listing}{more}\n"
+                            "Fix or delete those rows (headsmith dataset show/set/delete-rows), or raise --max-invalid "
+                            "to drop them.")
     rows = rows[~invalid].reset_index(drop=True)
 
     heads = {}
@@ -154,19 +186,14 @@ def create_snapshot(
         counts = rows[head].value_counts()
         if len(counts) < 2:
             only = f"only the class '{counts.index[0]}'" if len(counts) else "no labels"
-            raise SnapshotError(f"head '{head}' (column '{column}' of {csv_path.name}) has {only}; a head needs at least "
-                                "two mutually exclusive classes")
+            raise SnapshotError(f"head '{head}' (column '{column}' of dataset '{dataset}') has {only} in its valid "
+                                "rows; a head needs at least two mutually exclusive classes")
         classes = sorted(counts.index)
         heads[head] = HeadLabels(column=column, classes=classes, counts={c: int(counts[c]) for c in classes})
 
     return _write(workspace, rows, name=name, type=type, input_column=input_column, heads=heads,
-                  invalid_rows=invalid_rows, source={"file": str(csv_path.resolve()), "sha256": _sha256(csv_path)})
-
-
-def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip():
-        raise SnapshotError(f"snapshot name '{name}' is not allowed: use letters, digits, '-', '_' and '.', "
-                            "not starting with '.' and without '/'")
+                  invalid_rows=invalid_rows, leakage={"conflicting_duplicates": conflicting_duplicates(rows, list(heads))},
+                  source={"dataset": dataset, "file": ds.source, "sha256": ds.source_sha256})
 
 
 def _write(workspace: Workspace, rows: pd.DataFrame, **fields) -> Snapshot:
@@ -194,7 +221,7 @@ def _write(workspace: Workspace, rows: pd.DataFrame, **fields) -> Snapshot:
             os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Snapshot(manifest, final)
+    return Snapshot(manifest, final, BlobStore(workspace.blobs_dir))
 
 
 def list_snapshots(workspace: Workspace) -> list[dict]:
@@ -216,4 +243,27 @@ def load_snapshot(workspace: Workspace, ref: str) -> Snapshot:
     if actual != manifest.sha256:
         raise SnapshotError(f"snapshot '{manifest.name}' ({path / DATA_FILE}) does not match its sha256: expected "
                             f"{manifest.sha256}, found {actual}. It was changed after it was created; create it again.")
-    return Snapshot(manifest, path)
+    return Snapshot(manifest, path, BlobStore(workspace.blobs_dir))
+
+
+def diff_snapshots(a: Snapshot, b: Snapshot) -> dict:
+    """Rows are matched by input (the text, or the image's hash): added, removed, relabelled; counts per head."""
+    fa, fb = a.frame(), b.frame()
+    inputs_a, inputs_b = Counter(fa["input"]), Counter(fb["input"])
+    shared_heads = [h for h in a.manifest.heads if h in b.manifest.heads]
+    unique_a = fa[fa["input"].map(inputs_a) == 1].set_index("input")
+    unique_b = fb[fb["input"].map(inputs_b) == 1].set_index("input")
+    common = unique_a.index.intersection(unique_b.index)
+    relabelled = 0
+    if shared_heads and len(common):
+        left = unique_a.loc[common, shared_heads].fillna("")
+        right = unique_b.loc[common, shared_heads].fillna("")
+        relabelled = int((left != right).any(axis=1).sum())
+    heads = {}
+    for head in dict.fromkeys([*a.manifest.heads, *b.manifest.heads]):
+        before = a.manifest.heads[head].counts if head in a.manifest.heads else {}
+        after = b.manifest.heads[head].counts if head in b.manifest.heads else {}
+        heads[head] = {c: (before.get(c, 0), after.get(c, 0)) for c in sorted(set(before) | set(after))}
+    return {"a": a.manifest.name, "b": b.manifest.name, "rows": (a.manifest.rows, b.manifest.rows),
+            "added": sum((inputs_b - inputs_a).values()), "removed": sum((inputs_a - inputs_b).values()),
+            "relabelled": relabelled, "heads": heads}

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich.progress import Progress
@@ -29,8 +30,10 @@ def backbone_id(backbone: torch.nn.Module) -> str:
 
 
 @torch.inference_mode()
-def embed(backbone: torch.nn.Module, inputs: list, batch_size: int = 128, description: str = "embedding") -> torch.Tensor:
-    """One embedding per input, in input order. Batches hold inputs of similar length, so little is padding."""
+def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] = list, batch_size: int = 128,
+          description: str = "embedding") -> torch.Tensor:
+    """One embedding per input, in input order; `load` turns a batch of stored values into what the backbone takes.
+    Batches hold inputs of similar length, so little is padding."""
     was_training = backbone.training
     backbone.eval()
     order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))
@@ -39,7 +42,7 @@ def embed(backbone: torch.nn.Module, inputs: list, batch_size: int = 128, descri
         task = progress.add_task(description, total=len(inputs))
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            out[chunk] = backbone(backbone.preprocess([inputs[i] for i in chunk])).float().cpu()
+            out[chunk] = backbone(backbone.preprocess(load([inputs[i] for i in chunk]))).float().cpu()
             progress.advance(task, len(chunk))
     backbone.train(was_training)
     return out
@@ -57,7 +60,7 @@ class EmbeddingCache:
         path = self.path(snapshot, backbone)
         if path.is_file():
             return load_file(path)["embeddings"]
-        features = embed(backbone, snapshot.frame()["input"].tolist(),
+        features = embed(backbone, snapshot.frame()["input"].tolist(), load=snapshot.load_inputs,
                          description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")

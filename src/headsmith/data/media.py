@@ -1,0 +1,186 @@
+"""Fetching images: concurrent, bounded, with timeouts, retries and checks, into a content-addressed blob store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+from urllib.parse import unquote, urlparse
+
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class BlobStore:
+    """Bytes stored once under their sha256: blobs/ab/abcdef..."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.path(sha)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # whole file or none, even when killed
+        return sha
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    status: str  # ok, http_error, timeout, unreachable, not_an_image, too_large, too_many_pixels, corrupt, ...
+    detail: str = ""
+    sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class _Retryable(Exception):
+    def __init__(self, result: FetchResult):
+        self.result = result
+
+
+@dataclass
+class MediaFetcher:
+    """Limits are per image. `max_pixels` also stops decompression bombs: the size is read from the header first."""
+
+    store: BlobStore
+    timeout: float = 10.0
+    retries: int = 2
+    backoff: float = 0.5
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    concurrency: int = 16
+    base_dir: Path | None = None  # relative local paths are read from here (the CSV's folder)
+
+    def fetch(self, ref: str) -> FetchResult:
+        for attempt in range(self.retries + 1):
+            try:
+                data = self._read(ref.strip())
+                return self._check_and_store(data)
+            except _Retryable as e:
+                if attempt == self.retries:
+                    return e.result
+                time.sleep(self.backoff * 2 ** attempt * (1 + random.random() / 2))
+            except _Final as e:
+                return e.result
+        raise AssertionError("unreachable")
+
+    def fetch_many(self, refs: Iterable[tuple[object, str]], on_result: Callable[[object, FetchResult], None],
+                   description: str = "fetching images") -> None:
+        """Fetch (key, ref) pairs concurrently; `on_result` runs in the calling thread, as results arrive."""
+        refs = list(refs)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as progress, ThreadPoolExecutor(self.concurrency) as pool:
+            task = progress.add_task(description, total=len(refs))
+            futures = {pool.submit(self.fetch, ref): key for key, ref in refs}
+            for future in as_completed(futures):
+                on_result(futures[future], future.result())
+                progress.advance(task)
+
+    def _read(self, ref: str) -> bytes:
+        parsed = urlparse(ref)
+        if parsed.scheme in ("http", "https"):
+            return self._read_http(ref)
+        if parsed.scheme == "file":
+            return self._read_file(Path(unquote(parsed.path)))
+        if parsed.scheme and len(parsed.scheme) > 1:
+            return self._read_fsspec(ref, parsed.scheme)
+        path = Path(ref).expanduser()
+        return self._read_file(path if path.is_absolute() or self.base_dir is None else self.base_dir / path)
+
+    def _read_http(self, url: str) -> bytes:
+        request = urllib.request.Request(url, headers={"User-Agent": "headsmith"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                kind = response.headers.get_content_type()
+                if not (kind.startswith("image/") or kind == "application/octet-stream"):
+                    raise _Final(FetchResult("not_an_image", f"the server sent {kind}, not an image"))
+                declared = response.headers.get("Content-Length")
+                if declared and int(declared) > self.max_bytes:
+                    raise _Final(self._too_large(int(declared)))
+                data = response.read(self.max_bytes + 1)
+        except urllib.error.HTTPError as e:
+            result = FetchResult("http_error", f"http {e.code} {e.reason}")
+            raise (_Retryable if e.code in (408, 425, 429) or e.code >= 500 else _Final)(result) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                raise _Retryable(FetchResult("timeout", f"no answer within {self.timeout:g} s")) from None
+            raise _Retryable(FetchResult("unreachable", str(reason))) from None
+        if len(data) > self.max_bytes:
+            raise _Final(self._too_large(len(data)))
+        return data
+
+    def _read_file(self, path: Path) -> bytes:
+        if not path.is_file():
+            raise _Final(FetchResult("missing_file", f"no file {path}"))
+        if path.stat().st_size > self.max_bytes:
+            raise _Final(self._too_large(path.stat().st_size))
+        return path.read_bytes()
+
+    def _read_fsspec(self, url: str, scheme: str) -> bytes:
+        try:
+            import fsspec
+        except ImportError:
+            raise _Final(FetchResult("unsupported", f"{scheme}:// needs fsspec and its {scheme} driver")) from None
+        try:
+            with fsspec.open(url, "rb") as f:
+                data = f.read(self.max_bytes + 1)
+        except (ImportError, ValueError) as e:
+            raise _Final(FetchResult("unsupported", f"{scheme}://: {e}")) from None
+        except OSError as e:
+            raise _Retryable(FetchResult("unreachable", str(e))) from None
+        if len(data) > self.max_bytes:
+            raise _Final(self._too_large(len(data)))
+        return data
+
+    def _too_large(self, size: int) -> FetchResult:
+        return FetchResult("too_large", f"{size / 2**20:.1f} MiB, over the {self.max_bytes / 2**20:.0f} MiB limit")
+
+    def _check_and_store(self, data: bytes) -> FetchResult:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))  # reads the header only
+                pixels = image.width * image.height
+                if pixels > self.max_pixels:
+                    ratio = pixels / max(len(data), 1)
+                    kind = "decompression bomb: " if ratio > 1000 else ""
+                    return FetchResult("too_many_pixels", f"{kind}{image.width}x{image.height} "
+                                       f"({pixels / 1e6:.1f} MP in {len(data) / 1024:.0f} KiB), over the "
+                                       f"{self.max_pixels / 1e6:.0f} MP limit")
+                image.load()  # a full decode: truncated and corrupt files fail here
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            return FetchResult("too_many_pixels", f"decompression bomb: {e}")
+        except Image.UnidentifiedImageError:
+            return FetchResult("not_an_image", "not an image Pillow can read")
+        except (OSError, SyntaxError, ValueError) as e:
+            return FetchResult("corrupt", f"truncated or corrupt image: {e}")
+        return FetchResult("ok", f"{image.format} {image.width}x{image.height}", self.store.put(data))
+
+
+class _Final(Exception):
+    def __init__(self, result: FetchResult):
+        self.result = result
