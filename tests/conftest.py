@@ -103,3 +103,12 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     """The `headsmith` command as a user runs it."""
     return subprocess.run([HEADSMITH, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           cwd=cwd, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    from image_server import ImageServer
+
+    server = ImageServer()
+    yield server
+    server.close()

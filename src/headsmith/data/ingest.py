@@ -117,6 +117,13 @@ def is_media_ref(value: str) -> bool:
     return value.lower().endswith(IMAGE_EXTENSIONS) and " " not in value.strip()
 
 
+def _ref_kind(value: str) -> str:
+    scheme = urlparse(value).scheme
+    if scheme in ("http", "https"):
+        return "http(s) URLs"
+    return "local paths" if not scheme or len(scheme) == 1 else f"{scheme}:// URLs"
+
+
 def infer_column(name: str, values: list[str]) -> Column:
     filled = [v.strip() for v in values if v.strip()]
     if not filled:
@@ -124,16 +131,17 @@ def infer_column(name: str, values: list[str]) -> Column:
     n = len(filled)
     refs = [v for v in filled if is_media_ref(v)]
     if len(refs) >= 0.9 * n:
-        schemes = Counter(urlparse(v).scheme or "local path" for v in refs).most_common(1)[0][0]
-        kind = {"http": "http(s) URLs", "https": "http(s) URLs", "file": "file:// URLs"}.get(schemes, schemes)
-        ext = Counter(Path(urlparse(v).path).suffix.lower() or "(none)" for v in refs).most_common(1)[0]
-        ending = f" ending in {ext[0]}" if ext[0] != "(none)" else ""
-        return Column(name, "image", f"{len(refs) / n:.0%} of values are {kind}{ending}")
+        kinds = Counter(_ref_kind(v) for v in refs)
+        kind, count = kinds.most_common(1)[0]
+        endings = Counter(Path(urlparse(v).path).suffix.lower() for v in refs if _ref_kind(v) == kind)
+        ext, with_ext = endings.most_common(1)[0]
+        ending = "" if not ext else f" ending in {ext}" if with_ext == count else f" mostly ending in {ext}"
+        return Column(name, "image", f"{count / n:.0%} of values are {kind}{ending}")
     parsed = sum(1 for v in filled if v[0] in "[{" and _is_json(v))
     if parsed >= 0.9 * n:
         return Column(name, "json", f"{parsed / n:.0%} of values are JSON objects or arrays")
-    distinct = Counter(filled)
-    if len(distinct) <= MAX_LABEL_CLASSES and (len(distinct) <= 0.2 * n or n < 10 and len(distinct) < n):
+    distinct = Counter(v.casefold() for v in filled)  # case variants are one class (merged at import)
+    if len(distinct) <= MAX_LABEL_CLASSES and len(distinct) <= max(0.2 * n, n ** 0.5):
         top = ", ".join(f"{v} {c}" for v, c in distinct.most_common(3))
         return Column(name, "label", f"{len(distinct)} distinct value{'s' if len(distinct) > 1 else ''} over {n} "
                                      f"rows ({top}{', ...' if len(distinct) > 3 else ''})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)  # long messages stay on one line, for people and for grep
 
 
 def metrics_table(stage: str, head: str, summary: dict) -> Table:
