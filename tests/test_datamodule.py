@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from headsmith.data.datamodule import SnapshotDataModule, stratified_split
+from headsmith.data.snapshot import create_snapshot
 
-from conftest import snapshot_csv
+from conftest import import_csv, snapshot_csv
 
 
 def test_split_is_stratified_disjoint_and_seeded(reviews_snapshot):
@@ -40,3 +41,32 @@ def test_batches_carry_masked_labels_and_balanced_weights(workspace, tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert set(batch["labels"]) == {"spam"} and batch["inputs"]["n"] == 10
     assert sorted(batch["labels"]["spam"].tolist()) == [0] * 8 + [1] * 2
+
+
+def test_leakage_between_train_and_held_out_parts(workspace, tmp_path):
+    path = tmp_path / "dupes.csv"
+    texts = [f"review {i}" for i in range(50)] * 2  # every text twice: a random split puts many on both sides
+    pd.DataFrame({"text": texts, "spam": ["yes"] * 50 + ["no"] * 50}).to_csv(path, index=False)
+    snapshot_csv(workspace, path, "dupes", "text", {"spam": "spam"})
+    dm = SnapshotDataModule("dupes", workspace=workspace, preprocess=list, val_fraction=0.2, test_fraction=0.2)
+    report = dm.leakage()
+    test = dm.splits["test"]
+    expected = test[test["input"].isin(set(dm.splits["train"]["input"]))]
+    assert report["train_test_overlap"]["rows"] == len(expected) > 0
+    assert report["train_test_overlap"]["examples"] == expected["row"].head(10).tolist()
+    assert report["conflicting_duplicates"] == 50  # "review i" is both yes and no
+
+
+def test_image_snapshots_batch_through_the_same_path(workspace, tmp_path, image_server):
+    path = tmp_path / "digits.csv"
+    pd.DataFrame({"url": [f"{image_server.url}/digit/{i}.png" for i in range(40)],
+                  "digit": [str(i % 10) for i in range(40)]}).to_csv(path, index=False)
+    import_csv(workspace, path, "digits", digit="label")
+    create_snapshot(workspace, "digits", name="digits", type="image-classification", input_column="url",
+                    labels={"digit": "digit"})
+    to_tensor = lambda images: {"pixels": torch.stack([torch.tensor(list(im.getdata()), dtype=torch.float32)
+                                                       .reshape(im.height, im.width, 3) for im in images])}
+    dm = SnapshotDataModule("digits", workspace=workspace, preprocess=to_tensor, val_fraction=0.25,
+                            test_fraction=0.25, batch_size=8)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["inputs"]["pixels"].shape == (8, 32, 32, 3) and batch["labels"]["digit"].shape == (8,)

@@ -175,30 +175,36 @@ def test_cli_import_needs_confirmation_without_a_terminal(workspace, reviews_csv
     assert typed.returncode == 0 and get_dataset(workspace, "r").column("movie").type == "ignore"
 
 
-def _make_big_csv(tmp_path, url, n=200):
+def test_kill_during_import_then_resume_2000_rows(workspace, tmp_path, image_server):
+    """2,000 image URLs served locally, every 100th one broken in one of the ways above; killed half way."""
+    bad = list(BAD_URLS)
+    urls = [f"{image_server.url}{bad[(i // 100) % len(bad)]}" if i % 100 == 99 else f"{image_server.url}/latency/{i}.png"
+            for i in range(2000)]
     path = tmp_path / "big.csv"
-    pd.DataFrame({"url": [f"{url}/latency/{i}.png" for i in range(n)],
-                  "digit": [str(i % 10) for i in range(n)]}).to_csv(path, index=False)
-    return path
-
-
-def test_kill_during_import_then_resume(workspace, tmp_path, image_server):
-    path = _make_big_csv(tmp_path, image_server.url)
-    args = [HEADSMITH, "dataset", "import", str(path), "--name", "big", "--yes", "--concurrency", "2"]
+    pd.DataFrame({"url": urls, "digit": [str(i % 10) for i in range(2000)]}).to_csv(path, index=False)
+    args = [HEADSMITH, "dataset", "import", str(path), "--name", "big", "--yes", "--timeout", "2", "--retries", "0"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
-    deadline = time.time() + 60
-    while time.time() < deadline and media_counts_or_none(workspace, "big").get("ok", 0) < 50:
+    deadline = time.time() + 120
+    while time.time() < deadline and media_counts_or_none(workspace, "big").get("ok", 0) < 500:
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
     done = media_counts_or_none(workspace, "big")
-    assert 50 <= done.get("ok", 0) < 200 and done.get("pending", 0) > 0
-    resumed = run_cli("dataset", "import", str(path), "--name", "big", "--yes")
-    assert resumed.returncode == 0 and "fetching what is still missing" in resumed.stdout
-    assert media_counts(workspace, "big") == {"ok": 200}
-    assert len(rows_frame(workspace, "big")) == 200  # nothing lost, nothing twice
-    fetched_twice = sum(1 for p, n in image_server.hits.items() if p.startswith("/latency/") and n > 1)
-    assert fetched_twice <= 2 * 25  # at most the results not yet committed when it was killed
+    assert 500 <= done.get("ok", 0) < 1980 and done.get("pending", 0) > 0, done
+    hits_at_kill = image_server.hits.copy()
+    resumed = run_cli(*args[1:])
+    assert resumed.returncode == 0 and "fetching what is still missing" in resumed.stdout, resumed.stdout
+    frame = rows_frame(workspace, "big")
+    assert len(frame) == 2000 and frame["row"].tolist() == list(range(1, 2001))  # nothing lost, nothing twice
+    for path_, (status, words) in BAD_URLS.items():
+        rows = frame[frame["url"] == f"{image_server.url}{path_}"]
+        assert len(rows) and (rows["url:status"] == status).all(), (path_, rows["url:detail"].tolist())
+    assert media_counts(workspace, "big")["ok"] == 1980
+    refetched = [p for p in hits_at_kill if p.startswith("/latency/") and image_server.hits[p] > hits_at_kill[p]]
+    assert len(refetched) <= 16 + 25  # at most those in flight or not yet committed when it was killed
+    snap = create_snapshot(workspace, "big", name="big", type="image-classification", input_column="url",
+                           labels={"digit": "digit"})
+    assert snap.manifest.rows == 1980 and len(snap.manifest.invalid_rows) == 20
 
 
 def media_counts_or_none(workspace, name):
@@ -208,21 +214,31 @@ def media_counts_or_none(workspace, name):
         return {}
 
 
-def test_kill_during_snapshot_leaves_no_half_snapshot(workspace, reviews, tmp_path):
-    path = tmp_path / "all.csv"
-    pd.concat([reviews] * 8).to_csv(path, index=False)  # ~100k rows: long enough to be killed half way
-    import_csv(workspace, path, "all", text="text", sentiment="label", movie="ignore")
-    args = [HEADSMITH, "snapshot", "create", "all", "--name", "all", "--input", "text", "--label",
-            "sentiment=sentiment", "--max-invalid", "1"]
+def _kill_when(args: list[str], ready, timeout: float = 60) -> None:
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
-    time.sleep(2.5)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    names = [s["name"] for s in list_snapshots(workspace)]
-    if names:  # it finished before the kill: then it is whole
-        assert load_snapshot(workspace, "all").manifest.rows > 0
-    else:
-        assert not [p for p in workspace.snapshots_dir.glob("*") if not p.name.startswith(".staging-")]
-        redo = run_cli(*args[1:])
-        assert redo.returncode == 0, redo.stdout
-    assert load_snapshot(workspace, "all").manifest.rows == len(pd.concat([reviews] * 8))
+
+
+def test_kill_during_import_and_snapshot_leaves_old_or_new(workspace, reviews, tmp_path):
+    path = tmp_path / "all.csv"
+    big = pd.concat([reviews] * 8)  # ~100k rows
+    big.to_csv(path, index=False)
+    importing = [HEADSMITH, "dataset", "import", str(path), "--name", "all", "--yes", "--column", "movie=ignore"]
+    wal = workspace.root / "catalog.sqlite-wal"
+    _kill_when(importing, lambda: wal.exists() and wal.stat().st_size > 2_000_000)  # while rows are being written
+    assert len(rows_frame(workspace, "all")) == len(big) if list_datasets(workspace) else True  # all rows or none
+    if not list_datasets(workspace):
+        assert run_cli(*importing[1:]).returncode == 0
+
+    snapshotting = [HEADSMITH, "snapshot", "create", "all", "--name", "all", "--input", "text", "--label",
+                    "sentiment=sentiment", "--max-invalid", "1"]
+    _kill_when(snapshotting, lambda: any(workspace.snapshots_dir.glob(".staging-*")))  # killed while writing
+    assert list_snapshots(workspace) == []
+    assert not [p for p in workspace.snapshots_dir.iterdir() if not p.name.startswith(".staging-")]
+    redo = run_cli(*snapshotting[1:])
+    assert redo.returncode == 0, redo.stdout
+    assert load_snapshot(workspace, "all").manifest.rows == len(big)

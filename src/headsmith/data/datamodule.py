@@ -140,3 +140,14 @@ class SnapshotDataModule(pl.LightningDataModule):
 
     def split_sizes(self) -> dict[str, int]:
         return {part: len(rows) for part, rows in self.splits.items()}
+
+    def leakage(self) -> dict:
+        """Inputs (texts, or images by hash) found in training and in a held-out part: they inflate held-out metrics.
+        Also the snapshot's own identical inputs with conflicting labels."""
+        seen = set(self.splits["train"]["input"])
+        report = {}
+        for part in ("val", "test"):
+            shared = self.splits[part][self.splits[part]["input"].isin(seen)]
+            report[f"train_{part}_overlap"] = {"rows": len(shared), "examples": shared["row"].head(10).tolist()}
+        report["conflicting_duplicates"] = len(self.snapshot.manifest.leakage.get("conflicting_duplicates", []))
+        return report

@@ -71,8 +71,9 @@ def get_dataset(workspace: Workspace, name: str) -> Dataset:
                    row["source_sha256"], row["created_at"])
 
 
-def _prepare_rows(table: CsvTable, columns: list[Column]) -> tuple[list[dict], list[str]]:
-    """Cells as stored: label columns normalized (with notes for the report), ignored columns left out."""
+def _prepare_rows(table: CsvTable, columns: list[Column], whole: bool = True) -> tuple[list[dict], list[str]]:
+    """Cells as stored: label columns normalized (with notes for the report), ignored columns left out. `whole`:
+    these are all the dataset's rows, so a label column with one class is worth a note."""
     kept = [c for c in columns if c.type != "ignore"]
     data = {c.name: table.values(c.name) for c in kept}
     notes = []
@@ -81,7 +82,7 @@ def _prepare_rows(table: CsvTable, columns: list[Column]) -> tuple[list[dict], l
             data[c.name], changes = normalize_labels(data[c.name])
             notes += [f"column '{c.name}': {n}" for n in changes]
             classes = {v for v in data[c.name] if v is not None}
-            if len(classes) == 1:
+            if whole and len(classes) == 1:
                 notes.append(f"column '{c.name}': only one class ('{next(iter(classes))}'); a head needs at least two, "
                              "so it cannot be a head on its own")
     records = [{name: values[i] for name, values in data.items()} for i in range(len(table.rows))]
@@ -127,7 +128,7 @@ def add_rows(workspace: Workspace, name: str, table: CsvTable) -> tuple[int, lis
     if missing:
         raise DatasetError(f"{table.path}: columns {missing} of dataset '{name}' are missing "
                            f"(it has: {', '.join(table.columns)})")
-    records, notes = _prepare_rows(table, [dataset.column(c) for c in needed])
+    records, notes = _prepare_rows(table, [dataset.column(c) for c in needed], whole=False)
     with workspace.catalog() as db:
         first = db.execute("SELECT COALESCE(MAX(row), 0) + 1 FROM dataset_rows WHERE dataset_id = ?",
                            (dataset.id,)).fetchone()[0]

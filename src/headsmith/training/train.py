@@ -48,6 +48,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     backbone = instantiate(cfg.backbone)
     datamodule = instantiate(cfg.dataset, workspace=workspace, preprocess=backbone.preprocess)
+    leakage = datamodule.leakage()
+    for part in ("val", "test"):
+        overlap = leakage[f"train_{part}_overlap"]
+        if overlap["rows"]:
+            console.print(f"[yellow]leakage:[/] {overlap['rows']} {part} rows have an input that is also in training "
+                          f"(rows {overlap['examples']})")
     net = build_net(cfg, backbone, datamodule.classes)
     if net.backbone_frozen:
         # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
@@ -84,6 +90,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         },
         "epochs_trained": trainer.current_epoch,
         "splits": datamodule.split_sizes(),
+        "leakage": leakage,
         "val": model.results.get("val", {}),
         "test": model.results.get("test", {}),
     }
