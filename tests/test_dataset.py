@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -242,3 +243,54 @@ def test_kill_during_import_and_snapshot_leaves_old_or_new(workspace, reviews, t
     redo = run_cli(*snapshotting[1:])
     assert redo.returncode == 0, redo.stdout
     assert load_snapshot(workspace, "all").manifest.rows == len(big)
+
+
+def _answer_prompt(args: list[str], answer: str) -> str:
+    """Run the CLI on a pseudo-terminal, as a person at a shell would, and answer its question."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=os.environ)
+    os.close(follower)
+    seen, answered = b"", False
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the program closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"Import with these column types?" in seen:
+            os.write(leader, answer.encode() + b"\n")
+            answered = True
+    process.wait(timeout=60)
+    os.close(leader)
+    return re.sub(r"\x1b\[[0-9;]*m", "", seen.decode(errors="replace"))  # without the terminal's colours
+
+
+def test_interactive_confirmation(workspace, reviews_csv):
+    declined = _answer_prompt([HEADSMITH, "dataset", "import", str(reviews_csv), "--name", "r"], "n")
+    assert "not imported; change types with --column COL=TYPE" in declined and list_datasets(workspace) == []
+    accepted = _answer_prompt([HEADSMITH, "dataset", "import", str(reviews_csv), "--name", "r"], "y")
+    assert "dataset r: 240 rows imported" in accepted
+    assert list_datasets(workspace)[0]["rows"] == 240
+
+
+def test_fsspec_scheme_and_missing_blob_refetch(workspace, tmp_path):
+    import fsspec
+
+    with fsspec.open("memory://bucket/cat.png", "wb") as f:
+        f.write((SAMPLES / "chelsea.png").read_bytes())
+    fetcher = _fetcher(workspace)
+    assert fetcher.fetch("memory://bucket/cat.png").detail == "PNG 451x300"
+    assert fetcher.fetch("nosuchscheme://bucket/cat.png").status == "unsupported"
+    path = tmp_path / "mem.csv"
+    pd.DataFrame({"url": ["memory://bucket/cat.png"] * 3, "cat": ["yes", "no", "yes"]}).to_csv(path, index=False)
+    table = read_table(path)
+    import_dataset(workspace, "mem", table, infer_columns(table, {"url": "image", "cat": "label"}))
+    assert fetch_media(workspace, "mem", fetcher) == {"ok": 3}
+    sha = rows_frame(workspace, "mem")["url:sha256"].iloc[0]
+    BlobStore(workspace.blobs_dir).path(sha).unlink()  # a blob lost from the store is fetched again
+    assert fetch_media(workspace, "mem", fetcher) == {"ok": 3}
+    assert BlobStore(workspace.blobs_dir).path(sha).is_file()

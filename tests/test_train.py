@@ -31,6 +31,7 @@ def test_tiny_run_outputs_and_package_round_trip(compose, reviews_snapshot, tmp_
     assert metrics["test"]["long"]["support"] == 24
     assert set(metrics["test"]["sentiment"]["classes"]) == {"negative", "positive"}
     assert metrics["selection"]["monitor"] == "val/f1" and 0 <= metrics["selection"]["best_epoch"] < 3
+    assert metrics["leakage"]["train_test_overlap"] == {"rows": 0, "examples": []}  # 240 different reviews
 
     model = load_model(run / "model")
     meta = json.loads((run / "model" / "model.json").read_text())
