@@ -147,7 +147,8 @@ def fetch_media(workspace: Workspace, name: str, fetcher: MediaFetcher | None = 
         fetcher.base_dir = Path(dataset.source).parent
     with workspace.catalog() as db:
         todo = [((r["row"], r["column"]), r["ref"]) for r in db.execute(
-            "SELECT row, column, ref, status, sha256 FROM media WHERE dataset_id = ? ORDER BY row", (dataset.id,))
+            "SELECT m.row, m.column, m.ref, m.status, m.sha256 FROM media m JOIN dataset_rows r USING (dataset_id, row) "
+            "WHERE m.dataset_id = ? AND r.deleted = 0 ORDER BY m.row", (dataset.id,))
             if r["status"] != "ok" or not fetcher.store.path(r["sha256"]).is_file()]
     if todo:
         with workspace.catalog() as db:
@@ -243,7 +244,8 @@ def list_datasets(workspace: Workspace) -> list[dict]:
         return [dict(r) for r in db.execute(
             "SELECT d.name, d.created_at, d.source, "
             "(SELECT COUNT(*) FROM dataset_rows r WHERE r.dataset_id = d.id AND r.deleted = 0) AS rows, "
-            "(SELECT COUNT(*) FROM media m WHERE m.dataset_id = d.id AND m.status NOT IN ('ok')) AS media_not_ok "
+            "(SELECT COUNT(*) FROM media m JOIN dataset_rows r USING (dataset_id, row) "
+            " WHERE m.dataset_id = d.id AND r.deleted = 0 AND m.status != 'ok') AS media_not_ok "
             "FROM datasets d ORDER BY d.name")]
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -215,10 +216,14 @@ def _write(workspace: Workspace, rows: pd.DataFrame, **fields) -> Snapshot:
         for f in (DATA_FILE, MANIFEST_FILE):
             os.chmod(staging / f, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         # The catalog row commits only if the rename succeeded; a crash before it leaves only a staging folder.
-        with workspace.catalog() as db:
-            db.execute("INSERT INTO snapshots (id, name, sha256, type, rows, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                       (manifest.id, manifest.name, sha, manifest.type, manifest.rows, manifest.created_at))
-            os.rename(staging, final)
+        try:
+            with workspace.catalog() as db:
+                db.execute("INSERT INTO snapshots (id, name, sha256, type, rows, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           (manifest.id, manifest.name, sha, manifest.type, manifest.rows, manifest.created_at))
+                os.rename(staging, final)
+        except sqlite3.IntegrityError:  # another process took the name (or the same rows) a moment ago
+            raise SnapshotError(f"snapshot '{manifest.name}' ({manifest.id}) was created by another process just now; "
+                                "pick another name") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Snapshot(manifest, final, BlobStore(workspace.blobs_dir))
