@@ -30,6 +30,18 @@ def digit_png(i: int) -> bytes:
 
 
 @cache
+def _faces() -> np.ndarray:
+    return np.load(SAMPLES / "lfw_subset.npy")  # 100 faces, then 100 non-faces; 25x25 greys in [0, 1]
+
+
+def face_png(i: int) -> bytes:
+    """scikit-image's lfw_subset image i (0-99 faces, 100-199 not), as a PNG."""
+    out = io.BytesIO()
+    Image.fromarray((_faces()[i] * 255).astype(np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+@cache
 def _digits():
     from sklearn.datasets import load_digits
 
@@ -59,7 +71,7 @@ def decompression_bomb() -> bytes:
 
 
 class ImageServer:
-    """Routes: /photo/NAME, /digit/I.png, /missing.jpg (404), /slow.jpg (answers after `slow_seconds`),
+    """Routes: /photo/NAME, /digit/I.png, /face/I.png, /missing.jpg (404), /slow.jpg (answers after `slow_seconds`),
     /page.jpg (HTML), /truncated.jpg, /50mp.jpg, /bomb.png, /flaky.jpg (503 once, then the image),
     /latency/I.png (a digit after `latency` seconds). `hits` counts requests per path."""
 
@@ -100,6 +112,8 @@ class ImageServer:
             return 200, kind, (SAMPLES / name).read_bytes()
         if path.startswith("/digit/"):
             return 200, "image/png", digit_png(int(path.removeprefix("/digit/").removesuffix(".png")))
+        if path.startswith("/face/"):
+            return 200, "image/png", face_png(int(path.removeprefix("/face/").removesuffix(".png")))
         if path.startswith("/latency/"):
             time.sleep(self.latency)
             return 200, "image/png", digit_png(int(path.removeprefix("/latency/").removesuffix(".png")) % 1797)

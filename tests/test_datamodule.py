@@ -33,7 +33,7 @@ def test_batches_carry_masked_labels_and_balanced_weights(workspace, tmp_path):
                   "spam": ["yes"] * 20 + ["no"] * 80,
                   "nsfw": ["safe", "", "unsafe", ""] * 25}).to_csv(path, index=False)
     snapshot_csv(workspace, path, "imb", "text", {"spam": "spam", "nsfw": "nsfw"})
-    dm = SnapshotDataModule("imb", workspace=workspace, preprocess=lambda texts: {"n": torch.tensor(len(texts))},
+    dm = SnapshotDataModule("imb", workspace=workspace, preprocess=lambda texts, train: {"n": torch.tensor(len(texts))},
                             val_fraction=0.1, test_fraction=0.2, heads=["spam"])
     assert dm.split_sizes() == {"train": 70, "val": 10, "test": 20}
     weights = dm.class_weights()["spam"]  # classes sorted: no, yes; n / (k * n_class) on 56 no / 14 yes
@@ -48,7 +48,7 @@ def test_leakage_between_train_and_held_out_parts(workspace, tmp_path):
     texts = [f"review {i}" for i in range(50)] * 2  # every text twice: a random split puts many on both sides
     pd.DataFrame({"text": texts, "spam": ["yes"] * 50 + ["no"] * 50}).to_csv(path, index=False)
     snapshot_csv(workspace, path, "dupes", "text", {"spam": "spam"})
-    dm = SnapshotDataModule("dupes", workspace=workspace, preprocess=list, val_fraction=0.2, test_fraction=0.2)
+    dm = SnapshotDataModule("dupes", workspace=workspace, preprocess=None, val_fraction=0.2, test_fraction=0.2)
     report = dm.leakage()
     test = dm.splits["test"]
     expected = test[test["input"].isin(set(dm.splits["train"]["input"]))]
@@ -64,7 +64,7 @@ def test_image_snapshots_batch_through_the_same_path(workspace, tmp_path, image_
     import_csv(workspace, path, "digits", digit="label")
     create_snapshot(workspace, "digits", name="digits", type="image-classification", input_column="url",
                     labels={"digit": "digit"})
-    to_tensor = lambda images: {"pixels": torch.stack([torch.tensor(list(im.getdata()), dtype=torch.float32)
+    to_tensor = lambda images, train: {"pixels": torch.stack([torch.tensor(list(im.getdata()), dtype=torch.float32)
                                                        .reshape(im.height, im.width, 3) for im in images])}
     dm = SnapshotDataModule("digits", workspace=workspace, preprocess=to_tensor, val_fraction=0.25,
                             test_fraction=0.25, batch_size=8)

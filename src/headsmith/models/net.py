@@ -6,6 +6,12 @@ import torch
 from torch import nn
 
 
+def module_key(head: str) -> str:
+    """Heads live in ModuleDicts under a prefixed key: a head may be called `type` or `half`, which are
+    nn.Module attribute names."""
+    return f"head_{head}"
+
+
 class MultiHeadNet(nn.Module):
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], classes: dict[str, list[str]],
                  head_specs: dict[str, dict]):
@@ -13,7 +19,7 @@ class MultiHeadNet(nn.Module):
         if set(heads) != set(classes):
             raise ValueError(f"heads {sorted(heads)} and classes {sorted(classes)} name different heads")
         self.backbone = backbone
-        self.heads = nn.ModuleDict(heads)
+        self.heads = nn.ModuleDict({module_key(h): m for h, m in heads.items()})
         self.classes = {h: list(c) for h, c in classes.items()}
         self.head_specs = head_specs  # how to rebuild each head: its _target_ and arguments
 
@@ -31,7 +37,7 @@ class MultiHeadNet(nn.Module):
                 features = self.backbone(inputs)
         else:
             features = self.backbone(inputs)
-        return {name: head(features) for name, head in self.heads.items()}
+        return {name: self.heads[module_key(name)](features) for name in self.classes}
 
     def train(self, mode: bool = True) -> "MultiHeadNet":
         super().train(mode)
@@ -49,6 +55,6 @@ class MultiHeadNet(nn.Module):
             logits = self(self.backbone.preprocess(inputs[start:start + batch_size]))
             probs = {h: torch.softmax(v.float(), dim=-1).tolist() for h, v in logits.items()}
             for i in range(len(next(iter(probs.values())))):
-                results.append({h: dict(zip(self.classes[h], probs[h][i])) for h in self.heads})
+                results.append({h: dict(zip(self.classes[h], probs[h][i])) for h in self.classes})
         self.train(was_training)
         return results

@@ -34,7 +34,7 @@ def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
             "format_version": FORMAT_VERSION,
             "backbone": net.backbone.spec(),
             "heads": {h: {"classes": net.classes[h], "head": net.head_specs[h], "thresholds": None}
-                      for h in net.heads},
+                      for h in net.classes},
             "preprocessing": {"max_tokens": getattr(net.backbone, "max_tokens", None)},
             "lineage": lineage,
         }

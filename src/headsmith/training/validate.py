@@ -112,6 +112,10 @@ def static_problems(cfg: DictConfig) -> list[str]:
                 problems += target_problems(f"{group}.{name}", node, RUNTIME_ARGS.get(group, set()))
     if cfg.backbone.get("mode") not in BACKBONE_MODES:
         problems.append(f"backbone.mode={cfg.backbone.get('mode')}: choose one of {', '.join(BACKBONE_MODES)}")
+    if cfg.backbone.get("augment") and cfg.backbone.get("mode") == "frozen" and cfg.get("embedding_cache") is True:
+        problems.append("backbone.augment: a frozen backbone with embedding_cache=true embeds each image once, so "
+                        "augmentations would never be seen; set embedding_cache=false (slower: the backbone runs every "
+                        "step) or backbone.augment=[]")
     if cfg.get("class_weights") not in ("balanced", "none"):
         problems.append(f"class_weights={cfg.get('class_weights')}: choose balanced or none")
     if not isinstance(cfg.get("embedding_cache"), bool):

