@@ -24,6 +24,8 @@ dataset_app = typer.Typer(help="Datasets: CSVs imported into the workspace, to p
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(recipe_app, name="recipe")
+model_app = typer.Typer(help="The model registry: named, versioned model packages.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 
 def user_errors(command):
@@ -403,6 +405,65 @@ def snapshot_diff(a: str, b: str, format: Annotated[str, typer.Option("--format"
         for label, (before, after) in counts.items():
             view.add_row(label, str(before), str(after), f"{after - before:+d}")
         console.print(view)
+
+
+@model_app.command("register")
+@user_errors
+def model_register(run: Annotated[Path, typer.Argument(help="a run folder (its model/ is the selection rule's "
+                                                             "best checkpoint) or a model package folder")],
+                   name: Annotated[str, typer.Option(help="the model's name; each registration is a new version")]):
+    """Register a run's model as NAME's next version."""
+    from headsmith.models.registry import register_model
+    from headsmith.workspace import Workspace
+
+    name, version = register_model(Workspace(), run, name)
+    console.print(f"registered {name}:{version}")
+
+
+@model_app.command("list")
+@user_errors
+def model_list():
+    """Every registered model version: backbone and heads with their classes."""
+    from headsmith.models.registry import list_models
+    from headsmith.workspace import Workspace
+
+    view = Table("model", "backbone", "heads", "registered")
+    for m in list_models(Workspace()):
+        heads = "\n".join(f"{h}: {', '.join(c)}" for h, c in m["heads"].items())
+        view.add_row(f"{m['name']}:{m['version']}", m["backbone"], heads, m["created_at"])
+    console.print(view)
+
+
+@model_app.command("show")
+@user_errors
+def model_show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a package folder")],
+               format: Annotated[str, typer.Option("--format", help="text or json")] = "text"):
+    """A model's heads, classes, lineage (snapshots, base model, recipe) and metrics."""
+    from headsmith.evaluation.report import metrics_table
+    from headsmith.models.package import read_meta
+    from headsmith.models.registry import resolve_model
+    from headsmith.workspace import Workspace
+
+    path = resolve_model(Workspace(), ref)
+    meta = read_meta(path)
+    if format == "json":
+        print(json.dumps(meta, indent=2))
+        return
+    lineage = meta["lineage"]
+    console.print(f"model {ref} ({path})", highlight=False)
+    console.print(f"  backbone: {meta['backbone']['pretrained']} ({meta['backbone']['kind']}, "
+                  f"{meta['backbone']['out_dim']}-d)", highlight=False)
+    plan = (lineage.get("base_model") or {}).get("heads", {})
+    for head, info in meta["heads"].items():
+        how = f" [{plan[head]}]" if head in plan else ""
+        console.print(f"  head {head}{how}: {', '.join(info['classes'])}", highlight=False)
+    snaps = lineage["snapshots"]
+    console.print(f"  trained on snapshot {snaps['train']['name']} ({snaps['train']['id']})"
+                  + (f", tested on {snaps['test']['name']}" if snaps.get("test") else ""), highlight=False)
+    if lineage.get("base_model"):
+        console.print(f"  base model: {lineage['base_model']['ref']}", highlight=False)
+    for head, summary in lineage["metrics"]["test"].items():
+        console.print(metrics_table("test", head, summary))
 
 
 if __name__ == "__main__":

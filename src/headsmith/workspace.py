@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS history (
     action TEXT NOT NULL,
     detail TEXT NOT NULL            -- JSON
 );
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,             -- the registered copy of the model package
+    source TEXT NOT NULL,           -- the run or package it was registered from
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -70,6 +78,10 @@ class Workspace:
     @property
     def blobs_dir(self) -> Path:
         return self.root / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
 
     @property
     def runs_dir(self) -> Path:

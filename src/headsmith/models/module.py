@@ -32,9 +32,17 @@ def multi_head_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Ten
 
 class MultiHeadClassifier(pl.LightningModule):
     def __init__(self, net: MultiHeadNet, optimizer: Callable, scheduler: Callable | None = None,
-                 class_weights: dict[str, torch.Tensor] | None = None):
+                 class_weights: dict[str, torch.Tensor] | None = None, teacher: MultiHeadNet | None = None,
+                 kept_heads: list[str] = (), distillation=None):
         super().__init__()
         self.net = net
+        # The base model, frozen, outside the module tree: not trained, not saved in checkpoints.
+        self._teacher = [teacher.eval()] if teacher is not None else []
+        self.kept_heads = list(kept_heads)
+        self.distill_weight = float(distillation.weight) if distillation else 0.0
+        self.temperature = float(distillation.temperature) if distillation else 1.0
+        self._agree: dict[str, list[int]] = {}  # kept head -> [agreeing rows, rows] this validation epoch
+        self.agreement: dict[str, float] = {}
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.class_weights = class_weights
@@ -52,6 +60,10 @@ class MultiHeadClassifier(pl.LightningModule):
         logits = self(batch["inputs"])
         loss, per_head = multi_head_loss(logits, batch["labels"], self.class_weights)
         size = len(next(iter(batch["labels"].values())))
+        if self._teacher and stage in ("train", "val"):
+            distillation = self._distill(logits, batch["inputs"], stage, size)  # on val: logged, and agreement
+            if stage == "train":
+                loss = loss + distillation
         self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=stage != "test", on_epoch=True,
                  on_step=stage == "train")
         for head, value in per_head.items():
@@ -63,6 +75,28 @@ class MultiHeadClassifier(pl.LightningModule):
                     self.metrics[stage][module_key(head)].update(logits[head][mask], target[mask])
                     self._updated[stage].add(head)
         return loss
+
+    def _distill(self, logits, inputs, stage: str, size: int) -> torch.Tensor:
+        """KL between the kept heads' answers and the base model's (softened by the temperature); on validation,
+        also how often the two agree on the top class."""
+        teacher = self._teacher[0].to(self.device)
+        with torch.no_grad():
+            target = teacher(inputs)
+        t = self.temperature
+        terms = []
+        for head in self.kept_heads:
+            terms.append(F.kl_div(F.log_softmax(logits[head] / t, -1), F.softmax(target[head] / t, -1),
+                                  reduction="batchmean") * t * t)
+            if stage == "val":
+                agree = self._agree.setdefault(head, [0, 0])
+                agree[0] += int((logits[head].argmax(-1) == target[head].argmax(-1)).sum())
+                agree[1] += len(target[head])
+        loss = torch.stack(terms).sum() * self.distill_weight
+        self.log(f"{stage}/distillation", loss, batch_size=size, on_epoch=True, on_step=False)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._agree = {}
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -92,6 +126,9 @@ class MultiHeadClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         self._end_epoch("val")
+        if self._agree:
+            self.agreement = {h: n / total for h, (n, total) in self._agree.items()}
+            self.log_dict({f"val/{h}/agreement_with_base": v for h, v in self.agreement.items()})
 
     def on_test_epoch_end(self):
         self._end_epoch("test")

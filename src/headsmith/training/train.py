@@ -19,7 +19,9 @@ from headsmith.errors import HeadsmithError
 from headsmith.evaluation.report import console, print_metrics
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
-from headsmith.models.package import save_package
+from headsmith.models.package import load_model, save_package
+from headsmith.models.registry import resolve_model
+from headsmith.training.base_model import build_from_base
 from headsmith.training.embedding_cache import EmbeddingCache
 from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
@@ -46,7 +48,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    backbone = instantiate(cfg.backbone)
+    base = load_model(resolve_model(workspace, cfg.base_model)) if cfg.get("base_model") else None
+    backbone = base.backbone if base else instantiate(cfg.backbone)
     datamodule = instantiate(cfg.dataset, workspace=workspace, preprocess=backbone.preprocess)
     leakage = datamodule.leakage()
     for part in ("val", "test"):
@@ -54,7 +57,11 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         if overlap["rows"]:
             console.print(f"[yellow]leakage:[/] {overlap['rows']} {part} rows have an input that is also in training "
                           f"(rows {overlap['examples']})")
-    net = build_net(cfg, backbone, datamodule.classes)
+    net = build_from_base(cfg, base, datamodule.classes) if base else build_net(cfg, backbone, datamodule.classes)
+    backbone = net.backbone
+    kept = [h for h, action in getattr(net, "plan", {}).items() if action == "keep"]
+    # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
+    teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
     if net.backbone_frozen:
         # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -66,6 +73,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         class_weights=datamodule.class_weights() if cfg.class_weights == "balanced" else None,
+        teacher=teacher, kept_heads=kept, distillation=cfg.distillation,
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
                                       logger=_instantiate_all(cfg.get("logger")) or False,
@@ -93,10 +101,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         "leakage": leakage,
         "val": model.results.get("val", {}),
         "test": model.results.get("test", {}),
+        "heads": getattr(net, "plan", {h: "new" for h in net.classes}),
+        "agreement_with_base": model.agreement,
     }
     lineage = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "snapshots": snapshots,
+        "base_model": {"ref": cfg.base_model, "heads": metrics["heads"],
+                       "lineage": base.meta["lineage"]} if base else None,
         "recipe": OmegaConf.to_container(cfg, resolve=True),
         "metrics": {"val": metrics["val"], "test": metrics["test"], "selection": metrics["selection"]},
     }

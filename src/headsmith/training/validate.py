@@ -14,12 +14,15 @@ from headsmith.data.datamodule import snapshot_differences
 from headsmith.data.snapshot import load_snapshot
 from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.models.backbones import BACKBONE_MODES
+from headsmith.models.package import read_meta
+from headsmith.models.registry import resolve_model
+from headsmith.training.base_model import plan_problems
 from headsmith.training.selection import selection_problems
 from headsmith.workspace import Workspace
 
 TOP_LEVEL = {"dataset", "backbone", "head", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
              "paths", "name", "seed", "class_weights",
-             "embedding_cache"}
+             "embedding_cache", "base_model", "heads", "distillation"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
     "dataset": {"workspace", "preprocess"},
@@ -150,6 +153,19 @@ def data_problems(cfg: DictConfig, workspace: Workspace) -> list[str]:
     if test:
         problems += [f"dataset.test_snapshot: {p}" for p in snapshot_differences(snapshot, test, heads)]
     problems += selection_problems(cfg.selection, {h: labelled[h].classes for h in heads})
+    trained = {h: labelled[h].classes for h in heads}
+    if cfg.get("base_model"):
+        try:
+            meta = read_meta(resolve_model(workspace, cfg.base_model))
+        except HeadsmithError as e:
+            return problems + [f"base_model: {e}"]
+        problems += plan_problems(cfg.get("heads") or {}, trained, {h: v["classes"] for h, v in meta["heads"].items()})
+        kind = "image" if snapshot.manifest.type == "image-classification" else "text"
+        if meta["backbone"]["kind"] != kind:
+            problems.append(f"base_model: its backbone reads {meta['backbone']['kind']}, but snapshot "
+                            f"'{snapshot.manifest.name}' is {snapshot.manifest.type}")
+    elif cfg.get("heads"):
+        problems += plan_problems(cfg.heads, trained, {})
     return problems
 
 

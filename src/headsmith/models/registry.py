@@ -1,0 +1,76 @@
+"""The model registry: named, versioned copies of model packages in the workspace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from headsmith.data.dataset import check_name
+from headsmith.errors import HeadsmithError
+from headsmith.models.package import META_FILE, read_meta
+from headsmith.workspace import Workspace
+
+
+def _package_of(source: Path) -> Path:
+    """A run folder holds its package in model/; a package folder is taken as it is."""
+    for candidate in (source, source / "model"):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    raise HeadsmithError(f"{source}: neither a model package nor a run folder with one (no {META_FILE} in it or in "
+                         "its model/ folder)")
+
+
+def register_model(workspace: Workspace, source: Path | str, name: str) -> tuple[str, int]:
+    """Copy a run's model package (the selection rule's best checkpoint) into the registry as NAME's next version."""
+    check_name(name, "model")
+    package = _package_of(Path(source).resolve())
+    workspace.models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=workspace.models_dir))
+    try:
+        shutil.copytree(package, staging / "package")
+        with workspace.catalog() as db:
+            version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?",
+                                 (name,)).fetchone()[0]
+            final = workspace.models_dir / name / f"v{version}"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            db.execute("INSERT INTO models (name, version, path, source, created_at) VALUES (?, ?, ?, ?, ?)",
+                       (name, version, str(final), str(package),
+                        datetime.now(timezone.utc).isoformat(timespec="seconds")))
+            os.rename(staging / "package", final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return name, version
+
+
+def resolve_model(workspace: Workspace, ref: str) -> Path:
+    """A model package folder (or run folder), or a registered NAME[:VERSION] (the latest version by default)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _package_of(path.resolve())
+    name, _, version = ref.partition(":")
+    with workspace.catalog() as db:
+        if version:
+            if not version.isdigit():
+                raise HeadsmithError(f"model '{ref}': the version after ':' is a number, e.g. {name}:2")
+            row = db.execute("SELECT path FROM models WHERE name = ? AND version = ?", (name, int(version))).fetchone()
+        else:
+            row = db.execute("SELECT path FROM models WHERE name = ? ORDER BY version DESC LIMIT 1",
+                             (name,)).fetchone()
+        known = sorted({r["name"] for r in db.execute("SELECT name FROM models")})
+    if row is None:
+        hint = f"registered: {', '.join(known)}" if known else "none registered: headsmith model register RUN --name NAME"
+        raise HeadsmithError(f"no model '{ref}': not a folder, and not a registered model ({hint})")
+    return Path(row["path"])
+
+
+def list_models(workspace: Workspace) -> list[dict]:
+    with workspace.catalog() as db:
+        rows = [dict(r) for r in db.execute("SELECT * FROM models ORDER BY name, version")]
+    for row in rows:
+        meta = read_meta(row["path"])
+        row["heads"] = {h: v["classes"] for h, v in meta["heads"].items()}
+        row["backbone"] = meta["backbone"]["pretrained"]
+    return rows

@@ -1,0 +1,67 @@
+"""Starting from a base model: which heads are re-trained, added or kept, and the network that results."""
+
+from __future__ import annotations
+
+import copy
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from headsmith.models.backbones import set_backbone_mode
+from headsmith.models.net import MultiHeadNet, module_key
+
+ACTIONS = ("retrain", "new", "keep")
+
+
+def plan_heads(declared: dict, trained: dict[str, list[str]], base: dict[str, list[str]]) -> dict[str, str]:
+    """head -> retrain | new | keep, for every head of the resulting model."""
+    plan = {h: ("retrain" if h in base else "new") for h in trained}
+    plan.update({h: "keep" for h in base if h not in trained})
+    plan.update({h: a for h, a in declared.items() if a in ACTIONS})
+    return plan
+
+
+def plan_problems(declared: dict, trained: dict[str, list[str]], base: dict[str, list[str]]) -> list[str]:
+    problems = []
+    for head, action in declared.items():
+        if action not in ACTIONS:
+            problems.append(f"heads.{head}={action}: choose retrain, new or keep")
+        elif action == "keep" and head in trained:
+            problems.append(f"heads.{head}=keep: but the snapshot labels '{head}' and it is being trained; "
+                            "use retrain, or leave it out of dataset.heads")
+        elif action in ("keep", "retrain") and head not in base:
+            where = f"the base model's heads are: {', '.join(base)}" if base else "there is no base_model"
+            problems.append(f"heads.{head}={action}: '{head}' is not a head of the base model ({where})")
+        elif action == "retrain" and head not in trained:
+            problems.append(f"heads.{head}=retrain: the snapshot does not label '{head}' (it labels: "
+                            f"{', '.join(trained)})")
+        elif action == "new" and head in base:
+            problems.append(f"heads.{head}=new: the base model already has a head '{head}'; use retrain, or give "
+                            "the new head another name")
+    for head, action in plan_heads(declared, trained, base).items():
+        if action == "retrain" and head in base and head in trained and base[head] != trained[head]:
+            problems.append(f"heads.{head}=retrain: classes differ: base model {base[head]}, snapshot "
+                            f"{trained[head]}; re-train needs the same classes (add it as a new head under "
+                            "another name to change them)")
+    return problems
+
+
+def build_from_base(cfg: DictConfig, base: MultiHeadNet, trained: dict[str, list[str]]) -> MultiHeadNet:
+    """The base backbone (its weights; mode from cfg.backbone), kept heads frozen, re-trained heads starting from
+    the base head's weights, new heads built from the `head` group."""
+    declared = OmegaConf.to_container(cfg.heads) if cfg.get("heads") else {}
+    plan = plan_heads(declared, trained, base.classes)
+    heads, classes, specs = {}, {}, {}
+    for head, action in plan.items():
+        if action == "new":
+            specs[head] = {**OmegaConf.to_container(cfg.head, resolve=True), "in_dim": base.backbone.out_dim,
+                           "num_classes": len(trained[head])}
+            heads[head], classes[head] = instantiate(specs[head]), trained[head]
+        else:
+            heads[head] = copy.deepcopy(base.heads[module_key(head)]).requires_grad_(action == "retrain")
+            classes[head], specs[head] = base.classes[head], base.head_specs[head]
+    backbone = copy.deepcopy(base.backbone)
+    set_backbone_mode(backbone, cfg.backbone.mode, cfg.backbone.get("trainable_blocks", 2))
+    net = MultiHeadNet(backbone, heads, classes, specs)
+    net.plan = plan
+    return net

@@ -1,0 +1,103 @@
+"""Start from a base model: add a head, re-train a head, keep the others (bit-identical with a frozen backbone)."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from headsmith import load_model
+from headsmith.errors import ConfigError
+from headsmith.models.registry import list_models, register_model, resolve_model
+from headsmith.training.train import train
+from headsmith.training.validate import validate_config
+
+from conftest import run_cli, snapshot_csv
+
+TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a movie about a dog and its boy."]
+
+
+@pytest.fixture
+def base(compose, reviews_snapshot, workspace, tmp_path):
+    """A base model with two heads (sentiment, long), registered as `base`."""
+    metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base-run'}"))
+    assert register_model(workspace, tmp_path / "base-run", "base") == ("base", 1)
+    return load_model(resolve_model(workspace, "base"))
+
+
+@pytest.fixture
+def short_snapshot(workspace, reviews_csv, tmp_path):
+    """The same reviews labelled for a new head: `short` (under 80 characters)."""
+    frame = pd.read_csv(reviews_csv)
+    frame["short"] = (frame["text"].str.len() < 80).map({True: "yes", False: "no"})
+    path = tmp_path / "short.csv"
+    frame[["text", "short"]].to_csv(path, index=False)
+    return snapshot_csv(workspace, path, "short", "text", {"short": "short"})
+
+
+def _scores(model, head):
+    return [p[head] for p in model.predict(TEXTS)]
+
+
+def test_add_a_head_keeps_every_base_head_bit_identical(compose, base, short_snapshot, tmp_path):
+    metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", f"paths.output_dir={tmp_path / 'add'}"))
+    assert metrics["heads"] == {"short": "new", "sentiment": "keep", "long": "keep"}
+    model = load_model(Path(metrics["model"]))
+    assert set(model.classes) == {"sentiment", "long", "short"}
+    for head in ("sentiment", "long"):  # frozen backbone: the same weights, the same scores, to the bit
+        assert _scores(model, head) == _scores(base, head)
+        assert torch.equal(model.heads[f"head_{head}"][1].weight, base.heads[f"head_{head}"][1].weight)
+    meta = json.loads((Path(metrics["model"]) / "model.json").read_text())
+    assert meta["lineage"]["base_model"]["ref"] == "base"
+    assert meta["lineage"]["base_model"]["lineage"]["snapshots"]["train"]["name"] == "reviews"
+
+
+def test_retrain_a_head_starts_from_the_base_and_keeps_the_rest(compose, base, workspace, reviews_csv, tmp_path):
+    frame = pd.read_csv(reviews_csv).sample(frac=1.0, random_state=1)
+    path = tmp_path / "more-sentiment.csv"
+    frame[["text", "sentiment"]].to_csv(path, index=False)
+    snapshot_csv(workspace, path, "more-sentiment", "text", {"sentiment": "sentiment"})
+    metrics, _ = train(compose("dataset.snapshot=more-sentiment", "base_model=base:1", "optimizer.lr=0.05",
+                               f"paths.output_dir={tmp_path / 'retrain'}"))
+    assert metrics["heads"] == {"sentiment": "retrain", "long": "keep"}
+    model = load_model(Path(metrics["model"]))
+    assert _scores(model, "long") == _scores(base, "long")
+    assert _scores(model, "sentiment") != _scores(base, "sentiment")
+    assert model.classes["sentiment"] == base.classes["sentiment"]
+
+
+def test_partial_backbone_distils_kept_heads_and_reports_agreement(compose, base, short_snapshot, tmp_path):
+    metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", "backbone.mode=partial",
+                               "backbone.trainable_blocks=1", "trainer.max_epochs=2", "distillation.weight=5",
+                               f"paths.output_dir={tmp_path / 'partial'}"))
+    agreement = metrics["agreement_with_base"]
+    assert set(agreement) == {"sentiment", "long"} and all(0.5 <= v <= 1.0 for v in agreement.values())
+    log = pd.read_csv(tmp_path / "partial" / "logs" / "metrics.csv")
+    assert log["train/distillation"].notna().any()
+
+
+def test_head_plan_mistakes(compose, base, short_snapshot, workspace):
+    def problems(*overrides):
+        with pytest.raises(ConfigError) as e:
+            validate_config(compose("dataset.snapshot=short", *overrides), workspace)
+        return str(e.value)
+
+    assert ("heads.sentiment=new: the base model already has a head 'sentiment'; use retrain"
+            in problems("base_model=base", "+heads.sentiment=new"))
+    assert ("heads.toxicity=keep: 'toxicity' is not a head of the base model (the base model's heads are: "
+            "sentiment, long)" in problems("base_model=base", "+heads.toxicity=keep"))
+    assert "heads.short=keep: but the snapshot labels 'short'" in problems("base_model=base", "+heads.short=keep")
+    assert "base_model: no model 'nope'" in problems("base_model=nope")
+
+
+def test_registry_versions_and_cli(base, workspace, tmp_path):
+    assert register_model(workspace, tmp_path / "base-run" / "model", "base") == ("base", 2)
+    assert resolve_model(workspace, "base").name == "v2" and resolve_model(workspace, "base:1").name == "v1"
+    assert [(m["name"], m["version"]) for m in list_models(workspace)] == [("base", 1), ("base", 2)]
+    listed = run_cli("model", "list", env={"COLUMNS": "300"})  # a wide terminal: one line per cell
+    assert "base:2" in listed.stdout and "sentiment: negative, positive" in listed.stdout
+    shown = run_cli("model", "show", "base:1")
+    assert shown.returncode == 0 and "head long: no, yes" in shown.stdout and "trained on snapshot reviews" in shown.stdout
+    missing = run_cli("model", "show", "nope:3")
+    assert missing.returncode == 2 and "no model 'nope:3'" in missing.stdout
