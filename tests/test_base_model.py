@@ -101,3 +101,38 @@ def test_registry_versions_and_cli(base, workspace, tmp_path):
     assert shown.returncode == 0 and "head long: no, yes" in shown.stdout and "trained on snapshot reviews" in shown.stdout
     missing = run_cli("model", "show", "nope:3")
     assert missing.returncode == 2 and "no model 'nope:3'" in missing.stdout
+
+
+def test_regression_gate_refuses_a_damaged_model(base, reviews_snapshot):
+    import copy
+
+    from headsmith.training.base_model import regression_gate
+
+    intact = regression_gate(base, base, [reviews_snapshot], ["sentiment", "long"], max_f1_drop=0.01)
+    assert intact["passed"] and {c["drop"] for c in intact["checks"]} == {0.0}
+    damaged = copy.deepcopy(base)
+    with torch.no_grad():  # swap the two classes' weights: the head now answers the opposite
+        damaged.heads["head_sentiment"][1].weight.copy_(damaged.heads["head_sentiment"][1].weight.flip(0))
+        damaged.heads["head_sentiment"][1].bias.copy_(damaged.heads["head_sentiment"][1].bias.flip(0))
+    gate = regression_gate(base, damaged, [reviews_snapshot], ["sentiment", "long"], max_f1_drop=0.01)
+    check = next(c for c in gate["checks"] if c["head"] == "sentiment")
+    assert not gate["passed"] and check["drop"] > 0.01
+    assert gate["failures"] == [f"head 'sentiment' lost {check['drop']:.4f} macro F1 on snapshot 'reviews' "
+                                f"({check['base_f1']:.4f} -> {check['f1']:.4f}), more than the allowed 0.0100"]
+
+
+def test_a_run_that_fails_its_gate_is_not_registered(compose, base, short_snapshot, workspace, tmp_path):
+    from headsmith.errors import RegressionGateFailed
+
+    run = tmp_path / "gated"
+    with pytest.raises(RegressionGateFailed, match="head 'sentiment' lost"):  # the gate demands a gain: none comes
+        train(compose("dataset.snapshot=short", "base_model=base", "regression_gate.golden=[reviews]",
+                      "regression_gate.max_f1_drop=-1", f"paths.output_dir={run}"))
+    gate = json.loads((run / "metrics.json").read_text())["regression_gate"]
+    assert not gate["passed"] and {c["head"] for c in gate["checks"]} == {"sentiment", "long"}
+    refused = run_cli("model", "register", str(run), "--name", "candidate")
+    assert refused.returncode == 2 and "failed its regression gate, so it is not registered" in refused.stdout
+    assert run_cli("model", "register", str(run), "--name", "candidate", "--force").returncode == 0
+    passed, _ = train(compose("dataset.snapshot=short", "base_model=base", "regression_gate.golden=[reviews]",
+                              f"paths.output_dir={tmp_path / 'kept'}"))
+    assert passed["regression_gate"]["passed"]  # frozen backbone: kept heads lose nothing

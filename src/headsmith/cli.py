@@ -411,12 +411,13 @@ def snapshot_diff(a: str, b: str, format: Annotated[str, typer.Option("--format"
 @user_errors
 def model_register(run: Annotated[Path, typer.Argument(help="a run folder (its model/ is the selection rule's "
                                                              "best checkpoint) or a model package folder")],
-                   name: Annotated[str, typer.Option(help="the model's name; each registration is a new version")]):
-    """Register a run's model as NAME's next version."""
+                   name: Annotated[str, typer.Option(help="the model's name; each registration is a new version")],
+                   force: Annotated[bool, typer.Option(help="register even if it failed its regression gate")] = False):
+    """Register a run's model as NAME's next version (refused when its regression gate failed)."""
     from headsmith.models.registry import register_model
     from headsmith.workspace import Workspace
 
-    name, version = register_model(Workspace(), run, name)
+    name, version = register_model(Workspace(), run, name, force=force)
     console.print(f"registered {name}:{version}")
 
 

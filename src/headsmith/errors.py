@@ -20,3 +20,12 @@ class SnapshotError(HeadsmithError):
 
 class DatasetError(HeadsmithError):
     """A CSV cannot be imported, or a dataset edit is not possible."""
+
+
+class RegressionGateFailed(HeadsmithError):
+    """A kept head got worse than the recipe allows: the model is written, but not fit to be promoted."""
+
+    def __init__(self, failures: list[str], run: object):
+        self.failures = failures
+        super().__init__(f"regression gate failed, the model in {run} is not to be promoted:\n"
+                         + "\n".join(f"  - {f}" for f in failures))

@@ -23,10 +23,14 @@ def _package_of(source: Path) -> Path:
                          "its model/ folder)")
 
 
-def register_model(workspace: Workspace, source: Path | str, name: str) -> tuple[str, int]:
+def register_model(workspace: Workspace, source: Path | str, name: str, force: bool = False) -> tuple[str, int]:
     """Copy a run's model package (the selection rule's best checkpoint) into the registry as NAME's next version."""
     check_name(name, "model")
     package = _package_of(Path(source).resolve())
+    gate = read_meta(package)["lineage"].get("regression_gate")
+    if gate and not gate["passed"] and not force:
+        raise HeadsmithError(f"{package} failed its regression gate, so it is not registered:\n  "
+                             + "\n  ".join(gate["failures"]) + "\n(--force registers it anyway)")
     workspace.models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=workspace.models_dir))
     try:

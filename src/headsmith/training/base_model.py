@@ -7,6 +7,9 @@ import copy
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from headsmith.data.snapshot import Snapshot
+from headsmith.errors import HeadsmithError
+from headsmith.evaluation.evaluate import evaluate
 from headsmith.models.backbones import set_backbone_mode
 from headsmith.models.net import MultiHeadNet, module_key
 
@@ -65,3 +68,27 @@ def build_from_base(cfg: DictConfig, base: MultiHeadNet, trained: dict[str, list
     net = MultiHeadNet(backbone, heads, classes, specs)
     net.plan = plan
     return net
+
+
+def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Snapshot], heads: list[str],
+                    max_f1_drop: float) -> dict:
+    """Evaluate base and candidate on every golden snapshot that labels one of `heads` (the kept ones). The gate
+    fails when a head's macro F1 drops by more than `max_f1_drop`; `failures` says which head, where, how much."""
+    checks, failures = [], []
+    for snapshot in golden:
+        unknown = [h for h in heads if h in snapshot.manifest.heads
+                   and not set(snapshot.manifest.heads[h].classes) <= set(base.classes[h])]
+        if unknown:
+            raise HeadsmithError(f"regression_gate.golden: snapshot '{snapshot.manifest.name}' has classes of "
+                                 f"{unknown} that the base model does not know")
+        before, after = evaluate(base, snapshot, heads), evaluate(candidate, snapshot, heads)
+        for head in before:
+            drop = before[head]["f1"] - after[head]["f1"]
+            check = {"head": head, "snapshot": snapshot.manifest.name, "base_f1": before[head]["f1"],
+                     "f1": after[head]["f1"], "drop": drop, "passed": drop <= max_f1_drop}
+            checks.append(check)
+            if not check["passed"]:
+                failures.append(f"head '{head}' lost {drop:.4f} macro F1 on snapshot '{snapshot.manifest.name}' "
+                                f"({before[head]['f1']:.4f} -> {after[head]['f1']:.4f}), more than the allowed "
+                                f"{max_f1_drop:.4f}")
+    return {"passed": not failures, "max_f1_drop": max_f1_drop, "checks": checks, "failures": failures}

@@ -15,13 +15,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from headsmith.config import config_dir, register_recipes, register_resolvers
-from headsmith.errors import HeadsmithError
+from headsmith.errors import HeadsmithError, RegressionGateFailed
 from headsmith.evaluation.report import console, print_metrics
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
 from headsmith.models.registry import resolve_model
-from headsmith.training.base_model import build_from_base
+from headsmith.data.snapshot import load_snapshot
+from headsmith.training.base_model import build_from_base, regression_gate
 from headsmith.training.embedding_cache import EmbeddingCache
 from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
@@ -112,9 +113,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         "recipe": OmegaConf.to_container(cfg, resolve=True),
         "metrics": {"val": metrics["val"], "test": metrics["test"], "selection": metrics["selection"]},
     }
+    if base and cfg.regression_gate.golden:
+        golden = [load_snapshot(workspace, name) for name in cfg.regression_gate.golden]
+        metrics["regression_gate"] = regression_gate(base, net, golden, kept, cfg.regression_gate.max_f1_drop)
+        lineage["regression_gate"] = metrics["regression_gate"]
     package = save_package(net, output_dir / "model", lineage)
     metrics["model"] = str(package)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    gate = metrics.get("regression_gate")
+    if gate and not gate["passed"]:
+        raise RegressionGateFailed(gate["failures"], output_dir)
     return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "package": package}
 
 

@@ -22,7 +22,7 @@ from headsmith.workspace import Workspace
 
 TOP_LEVEL = {"dataset", "backbone", "head", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
              "paths", "name", "seed", "class_weights",
-             "embedding_cache", "base_model", "heads", "distillation"}
+             "embedding_cache", "base_model", "heads", "distillation", "regression_gate"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
     "dataset": {"workspace", "preprocess"},
@@ -166,6 +166,13 @@ def data_problems(cfg: DictConfig, workspace: Workspace) -> list[str]:
                             f"'{snapshot.manifest.name}' is {snapshot.manifest.type}")
     elif cfg.get("heads"):
         problems += plan_problems(cfg.heads, trained, {})
+    for name in (cfg.get("regression_gate") or {}).get("golden") or []:
+        try:
+            load_snapshot(workspace, name)
+        except HeadsmithError as e:
+            problems.append(f"regression_gate.golden: {e}")
+    if (cfg.get("regression_gate") or {}).get("golden") and not cfg.get("base_model"):
+        problems.append("regression_gate.golden: compares kept heads with the base model; set base_model")
     return problems
 
 
