@@ -9,7 +9,7 @@ DATA := $(or $(HEADSMITH_HOME),workspace)/data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test
+.PHONY: setup demo test walkthrough-text
 
 setup: $(STAMP)
 
@@ -32,3 +32,13 @@ demo: setup
 
 test: setup
 	WANDB_MODE=offline $(VENV)/bin/pytest
+
+# Issue 4's text walkthrough: build a two-head base model from real text, register it, add a sentiment head to it.
+walkthrough-text: demo
+	$(HS) example-data text-base $(DATA)/text-base.csv
+	$(HS) dataset import $(DATA)/text-base.csv --name text-base --yes --column kind=label --column party=label
+	$(HS) snapshot show text-base >/dev/null 2>&1 || \
+	  $(HS) snapshot create text-base --name text-base --input text --label kind=kind --label party=party
+	$(HS) train recipe=text-base
+	$(HS) model register $$(ls -d $(or $(HEADSMITH_HOME),workspace)/runs/text-base/*/ | tail -n 1) --name text-base
+	$(HS) train recipe=add-sentiment

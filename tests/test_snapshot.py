@@ -125,3 +125,13 @@ def test_cli_snapshot_create_show_and_errors(workspace, reviews_csv):
     assert "Traceback" not in bad.stdout + bad.stderr
     missing = run_cli("snapshot", "show", "nope")
     assert missing.returncode == 2 and "no snapshot named 'nope'" in missing.stdout
+
+
+def test_text_base_example_labels_each_row_for_one_head(tmp_path):
+    from headsmith.data.examples import text_base
+
+    table = pd.read_csv(text_base(tmp_path / "text-base.csv"), keep_default_na=False)
+    assert set(table["kind"]) == {"plot", "review", ""} and set(table["party"]) == {"Democratic", "Republican",
+                                                                                    "Moderator", ""}
+    assert ((table["kind"] == "") != (table["party"] == "")).all()  # exactly one head per row
+    assert (table["kind"] == "plot").sum() == (table["kind"] == "review").sum() == 1097

