@@ -49,9 +49,10 @@ def plan_problems(declared: dict, trained: dict[str, list[str]], base: dict[str,
     return problems
 
 
-def build_from_base(cfg: DictConfig, base: MultiHeadNet, trained: dict[str, list[str]]) -> MultiHeadNet:
+def build_from_base(cfg: DictConfig, base: MultiHeadNet,
+                    trained: dict[str, list[str]]) -> tuple[MultiHeadNet, dict[str, str]]:
     """The base backbone (its weights; mode from cfg.backbone), kept heads frozen, re-trained heads starting from
-    the base head's weights, new heads built from the `head` group."""
+    the base head's weights, new heads built from the `head` group. Returns the network and the head plan."""
     declared = OmegaConf.to_container(cfg.heads) if cfg.get("heads") else {}
     plan = plan_heads(declared, trained, base.classes)
     heads, classes, specs = {}, {}, {}
@@ -65,9 +66,7 @@ def build_from_base(cfg: DictConfig, base: MultiHeadNet, trained: dict[str, list
             classes[head], specs[head] = base.classes[head], base.head_specs[head]
     backbone = copy.deepcopy(base.backbone)
     set_backbone_mode(backbone, cfg.backbone.mode, cfg.backbone.get("trainable_blocks", 2))
-    net = MultiHeadNet(backbone, heads, classes, specs)
-    net.plan = plan
-    return net
+    return MultiHeadNet(backbone, heads, classes, specs), plan
 
 
 def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Snapshot], heads: list[str],

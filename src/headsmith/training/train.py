@@ -37,6 +37,14 @@ def build_net(cfg: DictConfig, backbone, classes: dict[str, list[str]]) -> Multi
     return MultiHeadNet(backbone, {h: instantiate(spec) for h, spec in specs.items()}, classes, specs)
 
 
+def _warn_about_leakage(leakage: dict) -> None:
+    for part in ("val", "test"):
+        overlap = leakage[f"train_{part}_overlap"]
+        if overlap["rows"]:
+            console.print(f"[yellow]leakage:[/] {overlap['rows']} {part} rows have an input that is also in training "
+                          f"(rows {overlap['examples']})")
+
+
 def _instantiate_all(group) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
@@ -53,14 +61,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     backbone = base.backbone if base else instantiate(cfg.backbone)
     datamodule = instantiate(cfg.dataset, workspace=workspace, preprocess=backbone.preprocess)
     leakage = datamodule.leakage()
-    for part in ("val", "test"):
-        overlap = leakage[f"train_{part}_overlap"]
-        if overlap["rows"]:
-            console.print(f"[yellow]leakage:[/] {overlap['rows']} {part} rows have an input that is also in training "
-                          f"(rows {overlap['examples']})")
-    net = build_from_base(cfg, base, datamodule.classes) if base else build_net(cfg, backbone, datamodule.classes)
-    backbone = net.backbone
-    kept = [h for h, action in getattr(net, "plan", {}).items() if action == "keep"]
+    _warn_about_leakage(leakage)
+    if base:
+        net, plan = build_from_base(cfg, base, datamodule.classes)
+    else:
+        net, plan = build_net(cfg, backbone, datamodule.classes), {h: "new" for h in datamodule.classes}
+    kept = [h for h, action in plan.items() if action == "keep"]
     # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
     teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
     if net.backbone_frozen:
@@ -68,7 +74,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if cfg.embedding_cache:
             cache = EmbeddingCache(workspace)
-            datamodule.use_features(lambda snapshot: cache.features(snapshot, backbone))
+            datamodule.use_features(lambda snapshot: cache.features(snapshot, net.backbone))
     model = MultiHeadClassifier(
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -102,7 +108,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         "leakage": leakage,
         "val": model.results.get("val", {}),
         "test": model.results.get("test", {}),
-        "heads": getattr(net, "plan", {h: "new" for h in net.classes}),
+        "heads": plan,
         "agreement_with_base": model.agreement,
     }
     lineage = {
