@@ -24,6 +24,8 @@ def test_tiny_run_outputs_and_package_round_trip(compose, reviews_snapshot, tmp_
     assert saved.trainer.max_epochs == 3 and saved.optimizer.lr == 1e-2
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert Path(metrics["selection"]["checkpoint"]).is_file()
+    state = torch.load(metrics["selection"]["checkpoint"], weights_only=False)["state_dict"]
+    assert state and not [k for k in state if k.startswith("net.backbone.")]  # frozen: heads only
     assert json.loads((run / "metrics.json").read_text()) == metrics
     assert metrics["splits"] == {"train": 168, "val": 24, "test": 48}
     # both heads are evaluated on the rows that label them: every row labels sentiment, half label `long`

@@ -43,6 +43,7 @@ class MultiHeadClassifier(pl.LightningModule):
         self.temperature = float(distillation.temperature) if distillation else 1.0
         self._agree: dict[str, list[int]] = {}  # kept head -> [agreeing rows, rows] this validation epoch
         self.agreement: dict[str, float] = {}
+        self.strict_loading = not net.backbone_frozen  # frozen: checkpoints leave the backbone out (see below)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.class_weights = class_weights
@@ -132,6 +133,13 @@ class MultiHeadClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self):
         self._end_epoch("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A frozen backbone never changes, so checkpoints skip it: a few KB per epoch instead of the backbone's
+        weights (90 MB for MiniLM). The model package still holds every weight."""
+        if self.net.backbone_frozen:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if not k.startswith("net.backbone.")}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
