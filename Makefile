@@ -9,7 +9,7 @@ DATA := $(or $(HEADSMITH_HOME),workspace)/data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test walkthrough-text
+.PHONY: setup demo test walkthrough-text walkthrough-vision
 
 setup: $(STAMP)
 
@@ -42,3 +42,18 @@ walkthrough-text: demo
 	$(HS) train recipe=text-base
 	$(HS) model register $$(ls -d $(or $(HEADSMITH_HOME),workspace)/runs/text-base/*/ | tail -n 1) --name text-base
 	$(HS) train recipe=add-sentiment
+
+# Issue 4's vision walkthrough: a two-head base model from real images (file:// URLs), registered, then its `face`
+# head re-trained on a new CSV of image URLs while `digit` is kept.
+walkthrough-vision: setup
+	$(HS) example-data vision-base $(DATA)/vision-base.csv
+	$(HS) dataset import $(DATA)/vision-base.csv --name vision-base --yes --column digit=label --column face=label
+	$(HS) snapshot show vision-base >/dev/null 2>&1 || $(HS) snapshot create vision-base --name vision-base \
+	  --type image-classification --input image --label digit=digit --label face=face
+	$(HS) train recipe=vision-base
+	$(HS) model register $$(ls -d $(or $(HEADSMITH_HOME),workspace)/runs/vision-base/*/ | tail -n 1) --name vision-base
+	$(HS) example-data faces-update $(DATA)/faces-update.csv
+	$(HS) dataset import $(DATA)/faces-update.csv --name faces-update --yes --column face=label
+	$(HS) snapshot show faces-update >/dev/null 2>&1 || $(HS) snapshot create faces-update --name faces-update \
+	  --type image-classification --input image --label face=face
+	$(HS) train recipe=retrain-face

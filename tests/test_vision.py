@@ -86,3 +86,17 @@ def test_augmentations_are_refused_with_a_frozen_cached_backbone(compose, faces_
     validate_config(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0", "embedding_cache=false",
                             "backbone.augment=[{_target_: torchvision.transforms.RandomHorizontalFlip}]",
                             fast=False), workspace)
+
+
+def test_vision_example_data_are_file_urls_labelling_one_head_each(tmp_path):
+    from headsmith.data.examples import faces_update, vision_base
+    from headsmith.data.ingest import infer_columns, read_table
+
+    table = pd.read_csv(vision_base(tmp_path / "vision-base.csv"), dtype=str, keep_default_na=False)
+    assert len(table) == 700 and ((table["digit"] == "") != (table["face"] == "")).all()
+    assert set(table["digit"]) == set("0123456789") | {""} and set(table["face"]) == {"yes", "no", ""}
+    assert Image.open(Path(table["image"][0].removeprefix("file://"))).size == (64, 64)
+    columns = {c.name: c for c in infer_columns(read_table(tmp_path / "vision-base.csv"))}
+    assert columns["image"].reason == "100% of values are file:// URLs ending in .png"
+    update = pd.read_csv(faces_update(tmp_path / "faces-update.csv"))
+    assert len(update) == 104 and update["face"].value_counts().to_dict() == {"no": 53, "yes": 51}

@@ -51,4 +51,57 @@ def text_base(out: Path) -> Path:
     return out
 
 
-EXAMPLES = {"rotten-tomatoes": rotten_tomatoes, "text-base": text_base}
+def _samples() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+def _write_png(array, path: Path) -> str:
+    """A grey image as PNG; returns its file:// URL (image URLs from a local folder)."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+    return path.resolve().as_uri()
+
+
+def vision_base(out: Path) -> Path:
+    """Two heads from real bundled images, each row labelling one: `digit` (0-9: 600 of scikit-learn's 8x8 digits,
+    scaled to 64x64) and `face` (yes/no: scikit-image's lfw_subset, faces 0-49 and non-faces 100-149).
+    The images are written next to the CSV, in images/, and listed as file:// URLs."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    folder = out.parent / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    rows = []
+    for i in range(600):
+        big = np.kron(digits.images[i] * 255 / 16, np.ones((8, 8)))  # 8x8 -> 64x64, sharp edges
+        rows.append((_write_png(big, folder / f"digit-{i}.png"), str(digits.target[i]), ""))
+    faces = np.load(_samples() / "lfw_subset.npy")
+    for i in [*range(0, 50), *range(100, 150)]:
+        rows.append((_write_png(faces[i] * 255, folder / f"lfw-{i}.png"), "", "yes" if i < 100 else "no"))
+    pd.DataFrame(rows, columns=["image", "digit", "face"]).to_csv(out, index=False)
+    return out
+
+
+def faces_update(out: Path) -> Path:
+    """New data for the `face` head: the other half of lfw_subset (faces 50-99, non-faces 150-199) and four photos
+    from scikit-image (astronaut: a face; chelsea the cat, coffee, rocket: not)."""
+    import numpy as np
+
+    folder = out.parent / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    faces = np.load(_samples() / "lfw_subset.npy")
+    rows = [(_write_png(faces[i] * 255, folder / f"lfw-{i}.png"), "yes" if i < 100 else "no")
+            for i in [*range(50, 100), *range(150, 200)]]
+    rows += [((_samples() / name).resolve().as_uri(), label) for name, label in
+             (("astronaut.png", "yes"), ("chelsea.png", "no"), ("coffee.png", "no"), ("rocket.jpg", "no"))]
+    pd.DataFrame(rows, columns=["image", "face"]).to_csv(out, index=False)
+    return out
+
+
+EXAMPLES = {"rotten-tomatoes": rotten_tomatoes, "text-base": text_base, "vision-base": vision_base,
+            "faces-update": faces_update}
