@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections import Counter
 import json
 import os
 import shutil
 import sqlite3
 import stat
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from headsmith.data.dataset import check_name, get_dataset, rows_frame
+from headsmith.data.dataset import check_name, file_sha256, get_dataset, rows_frame
 from headsmith.data.media import BlobStore
 from headsmith.errors import SnapshotError
 from headsmith.workspace import Workspace
@@ -82,14 +81,6 @@ class Snapshot:
         if self.manifest.type != "image-classification":
             return list(values)
         return [Image.open(self.blobs.path(sha)).convert("RGB") for sha in values]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _token_counter(backbone: str):
@@ -206,7 +197,7 @@ def _write(workspace: Workspace, rows: pd.DataFrame, **fields) -> Snapshot:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=workspace.snapshots_dir))
     try:
         rows.to_parquet(staging / DATA_FILE, index=False)
-        sha = _sha256(staging / DATA_FILE)
+        sha = file_sha256(staging / DATA_FILE)
         manifest = SnapshotManifest(id=sha[:12], sha256=sha, rows=len(rows),
                                     created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
@@ -244,7 +235,7 @@ def load_snapshot(workspace: Workspace, ref: str) -> Snapshot:
         raise SnapshotError(f"no snapshot named '{ref}' in {workspace.root}{hint}")
     path = workspace.snapshots_dir / found["id"]
     manifest = SnapshotManifest.from_json((path / MANIFEST_FILE).read_text())
-    actual = _sha256(path / DATA_FILE)
+    actual = file_sha256(path / DATA_FILE)
     if actual != manifest.sha256:
         raise SnapshotError(f"snapshot '{manifest.name}' ({path / DATA_FILE}) does not match its sha256: expected "
                             f"{manifest.sha256}, found {actual}. It was changed after it was created; create it again.")
