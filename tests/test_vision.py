@@ -100,3 +100,20 @@ def test_vision_example_data_are_file_urls_labelling_one_head_each(tmp_path):
     assert columns["image"].reason == "100% of values are file:// URLs ending in .png"
     update = pd.read_csv(faces_update(tmp_path / "faces-update.csv"))
     assert len(update) == 104 and update["face"].value_counts().to_dict() == {"no": 53, "yes": 51}
+
+
+def test_transformers_vision_backbone_from_a_local_folder(compose, faces_snapshot, tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-vit"
+    ViTModel(ViTConfig(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(folder)
+    metrics, objects = train(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0",
+                                     f"backbone.pretrained=hf:{folder}", "backbone.image_size=64",
+                                     "backbone.resize=64", "backbone.mode=partial", "backbone.trainable_blocks=1",
+                                     "debug=fast", fast=False))
+    assert objects["model"].net.backbone.out_dim == 32
+    model = load_model(Path(metrics["model"]))  # rebuilt from the package alone: config in backbone/, weights
+    images = faces_snapshot.load_inputs(faces_snapshot.frame()["input"].tolist()[:3])
+    assert model.predict(images) == objects["model"].net.predict(images)

@@ -154,6 +154,35 @@ def _torchvision(arch: str, weights_path: str | None) -> nn.Module:
     raise HeadsmithError(f"backbone torchvision:{arch}: cannot find its classifier to remove")
 
 
+class HFImageEncoder(nn.Module):
+    """A transformers vision encoder (ViT, DeiT, ConvNeXt, ...): pixels -> its pooled output, or the mean of its
+    last hidden state when it has no pooler."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            hidden = out.last_hidden_state
+            pooled = hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
+        return pooled.flatten(1)
+
+
+def _hf_image(source: str | Path, load_weights: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(source) if load_weights else AutoModel.from_config(
+            AutoConfig.from_pretrained(source))
+    except OSError as e:
+        raise HeadsmithError(f"backbone.pretrained=hf:{source}: not a transformers model folder (or, offline, "
+                             f"not loadable from a hub): {e}") from None
+    return HFImageEncoder(model.train())
+
+
 BUNDLED_IMAGE = {"efficientnet-lite0": (_efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
@@ -162,8 +191,11 @@ def _image_network(pretrained: str, weights: str | None, load_weights: bool) -> 
         return BUNDLED_IMAGE[pretrained][0](load_weights)
     if pretrained.startswith("torchvision:"):
         return _torchvision(pretrained.removeprefix("torchvision:"), weights if load_weights else None)
+    if pretrained.startswith("hf:"):
+        return _hf_image(Path(pretrained.removeprefix("hf:")).expanduser(), load_weights)
     raise HeadsmithError(f"backbone.pretrained={pretrained}: choose a bundled image backbone "
-                         f"({', '.join(BUNDLED_IMAGE)}) or torchvision:ARCH with backbone.weights=PATH")
+                         f"({', '.join(BUNDLED_IMAGE)}), torchvision:ARCH with backbone.weights=PATH, or "
+                         "hf:FOLDER (a transformers vision model)")
 
 
 class ImageBackbone(nn.Module):
@@ -211,19 +243,24 @@ class ImageBackbone(nn.Module):
                 "resize": self.resize, "mean": list(self.mean), "std": list(self.std), "out_dim": self.out_dim}
 
     def save_files(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)  # the spec in model.json says everything; weights are in the package
+        """The architecture of a transformers encoder (its config); the others are named by the spec alone."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.network, HFImageEncoder):
+            self.network.model.config.save_pretrained(folder)
 
     @classmethod
     def from_files(cls, folder: Path, spec: dict) -> "ImageBackbone":
-        return cls(_image_network(spec["pretrained"], None, load_weights=False), pretrained=spec["pretrained"],
+        network = (_hf_image(folder, load_weights=False) if spec["pretrained"].startswith("hf:")
+                   else _image_network(spec["pretrained"], None, load_weights=False))
+        return cls(network, pretrained=spec["pretrained"],
                    image_size=spec["image_size"], resize=spec["resize"], mean=spec["mean"], std=spec["std"])
 
 
 def image_backbone(pretrained: str = "efficientnet-lite0", weights: str | None = None, image_size: int = 224,
                    resize: int = 256, mean: list | None = None, std: list | None = None,
                    augment: list | None = None, mode: str = "frozen", trainable_blocks: int = 2) -> ImageBackbone:
-    """A bundled image backbone (offline, real ImageNet weights) or torchvision:ARCH with local weights.
-    mean/std default to what the backbone was trained with."""
+    """A bundled image backbone (offline, real ImageNet weights), torchvision:ARCH with local weights, or hf:FOLDER
+    (a transformers vision model). mean/std default to what the backbone was trained with."""
     default_mean, default_std = BUNDLED_IMAGE[pretrained][1:] if pretrained in BUNDLED_IMAGE else (IMAGENET_MEAN,
                                                                                                    IMAGENET_STD)
     backbone = ImageBackbone(_image_network(pretrained, weights, load_weights=True), pretrained=pretrained,
