@@ -51,9 +51,12 @@ def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] 
 class EmbeddingCache:
     def __init__(self, workspace: Workspace):
         self.folder = workspace.root / "cache" / "embeddings"
+        self._ids: dict[int, str] = {}  # hashing the weights once per frozen backbone, not once per snapshot
 
     def path(self, snapshot: Snapshot, backbone: torch.nn.Module) -> Path:
-        return self.folder / f"{snapshot.manifest.sha256[:16]}-{backbone_id(backbone)[:16]}.safetensors"
+        if id(backbone) not in self._ids:
+            self._ids[id(backbone)] = backbone_id(backbone)
+        return self.folder / f"{snapshot.manifest.sha256[:16]}-{self._ids[id(backbone)][:16]}.safetensors"
 
     def features(self, snapshot: Snapshot, backbone: torch.nn.Module) -> torch.Tensor:
         """Embeddings of every row of the snapshot, in the order of `snapshot.frame()`."""
