@@ -10,7 +10,7 @@ from PIL import Image
 
 from headsmith import load_model
 from headsmith.data.snapshot import create_snapshot
-from headsmith.errors import ConfigError
+from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.models.backbones import image_backbone
 from headsmith.training.train import train
 from headsmith.training.validate import validate_config
@@ -117,3 +117,38 @@ def test_transformers_vision_backbone_from_a_local_folder(compose, faces_snapsho
     model = load_model(Path(metrics["model"]))  # rebuilt from the package alone: config in backbone/, weights
     images = faces_snapshot.load_inputs(faces_snapshot.frame()["input"].tolist()[:3])
     assert model.predict(images) == objects["model"].net.predict(images)
+
+
+def test_timm_backbone_from_local_weights(compose, faces_snapshot, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model("test_efficientnet").eval()
+    weights = tmp_path / "test_efficientnet.safetensors"
+    save_file(reference.state_dict(), weights)
+    backbone = image_backbone("timm:test_efficientnet", weights=str(weights), image_size=64, resize=64).eval()
+    assert backbone.mean == tuple(reference.pretrained_cfg["mean"])  # the architecture's own normalization
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # the loaded weights, the classifier removed: timm's own pooled features
+        assert torch.equal(backbone({"pixels": pixels}), reference.forward_head(reference.forward_features(pixels),
+                                                                                pre_logits=True))
+    metrics, objects = train(compose("dataset.snapshot=faces", "backbone=timm",
+                                     "backbone.pretrained=timm:test_efficientnet", f"backbone.weights={weights}",
+                                     "backbone.image_size=64", "backbone.resize=64", "backbone.mode=partial",
+                                     "backbone.trainable_blocks=1", "debug=fast", fast=False))
+    model = load_model(Path(metrics["model"]))
+    images = faces_snapshot.load_inputs(faces_snapshot.frame()["input"].tolist()[:3])
+    assert model.predict(images) == objects["model"].net.predict(images)
+
+
+def test_timm_weights_that_do_not_fit_are_named(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), weights)
+    with pytest.raises(HeadsmithError, match="backbone.weights=.*resnet.safetensors does not fit the architecture"):
+        image_backbone("timm:test_efficientnet", weights=str(weights))
+    with pytest.raises(HeadsmithError, match="timm:no_such_net"):
+        image_backbone("timm:no_such_net")

@@ -131,27 +131,50 @@ def _efficientnet_lite0(load_weights: bool) -> nn.Module:
     return network
 
 
+def _load_state(network: nn.Module, weights_path: str) -> None:
+    """A state dict from a local file, .safetensors or a torch .pth (tensors only: no pickled code runs)."""
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise HeadsmithError(f"backbone.weights={weights_path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        network.load_state_dict(state.get("state_dict", state))
+    except RuntimeError as e:
+        raise HeadsmithError(f"backbone.weights={weights_path} does not fit the architecture: {e}") from None
+
+
 def _torchvision(arch: str, weights_path: str | None) -> nn.Module:
     """Any torchvision classification model; weights from a local file (a state dict: .pth or .safetensors)."""
     import torchvision
 
     network = torchvision.models.get_model(arch, weights=None)
     if weights_path:
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise HeadsmithError(f"backbone.weights={weights_path}: no such file")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
+        _load_state(network, weights_path)
     for name in ("fc", "classifier", "head", "heads"):  # the classifier, whatever this family calls it
         if hasattr(network, name):
             setattr(network, name, nn.Identity())
             return network
     raise HeadsmithError(f"backbone torchvision:{arch}: cannot find its classifier to remove")
+
+
+def _timm(arch: str, weights_path: str | None) -> nn.Module:
+    """Any timm model (ResNet, EfficientNet, ConvNeXt, ViT, ...), weights from a local file; timm's own
+    `reset_classifier(0)` leaves the pooled features as the output."""
+    import timm
+
+    try:
+        network = timm.create_model(arch, pretrained=False)
+    except RuntimeError as e:  # timm's "Unknown model" error
+        raise HeadsmithError(f"backbone.pretrained=timm:{arch}: {e}; see timm.list_models()") from None
+    if weights_path:
+        _load_state(network, weights_path)
+    network.reset_classifier(0)
+    return network
 
 
 class HFImageEncoder(nn.Module):
@@ -191,11 +214,13 @@ def _image_network(pretrained: str, weights: str | None, load_weights: bool) -> 
         return BUNDLED_IMAGE[pretrained][0](load_weights)
     if pretrained.startswith("torchvision:"):
         return _torchvision(pretrained.removeprefix("torchvision:"), weights if load_weights else None)
+    if pretrained.startswith("timm:"):
+        return _timm(pretrained.removeprefix("timm:"), weights if load_weights else None)
     if pretrained.startswith("hf:"):
         return _hf_image(Path(pretrained.removeprefix("hf:")).expanduser(), load_weights)
     raise HeadsmithError(f"backbone.pretrained={pretrained}: choose a bundled image backbone "
-                         f"({', '.join(BUNDLED_IMAGE)}), torchvision:ARCH with backbone.weights=PATH, or "
-                         "hf:FOLDER (a transformers vision model)")
+                         f"({', '.join(BUNDLED_IMAGE)}), torchvision:ARCH or timm:ARCH with backbone.weights=PATH, "
+                         "or hf:FOLDER (a transformers vision model)")
 
 
 class ImageBackbone(nn.Module):
@@ -233,9 +258,9 @@ class ImageBackbone(nn.Module):
         for module in self.network.modules():
             if isinstance(module, nn.ModuleList) and len(module) > 0:
                 return list(module)
-        features = getattr(self.network, "features", None) or getattr(self.network, "layer4", None)
-        if isinstance(features, nn.Sequential):
-            return list(features.children())
+        for name in ("blocks", "stages", "features", "layer4"):  # timm, timm/torchvision, torchvision, ResNets
+            if isinstance(getattr(self.network, name, None), nn.Sequential):
+                return list(getattr(self.network, name).children())
         raise HeadsmithError(f"cannot find the blocks of {self.pretrained} for backbone.mode=partial")
 
     def spec(self) -> dict:
@@ -259,11 +284,13 @@ class ImageBackbone(nn.Module):
 def image_backbone(pretrained: str = "efficientnet-lite0", weights: str | None = None, image_size: int = 224,
                    resize: int = 256, mean: list | None = None, std: list | None = None,
                    augment: list | None = None, mode: str = "frozen", trainable_blocks: int = 2) -> ImageBackbone:
-    """A bundled image backbone (offline, real ImageNet weights), torchvision:ARCH with local weights, or hf:FOLDER
-    (a transformers vision model). mean/std default to what the backbone was trained with."""
-    default_mean, default_std = BUNDLED_IMAGE[pretrained][1:] if pretrained in BUNDLED_IMAGE else (IMAGENET_MEAN,
-                                                                                                   IMAGENET_STD)
-    backbone = ImageBackbone(_image_network(pretrained, weights, load_weights=True), pretrained=pretrained,
+    """A bundled image backbone (offline, real ImageNet weights), torchvision:ARCH or timm:ARCH with local weights,
+    or hf:FOLDER (a transformers vision model). mean/std default to what the backbone was trained with."""
+    network = _image_network(pretrained, weights, load_weights=True)
+    timm_config = getattr(network, "pretrained_cfg", None) or {}
+    default_mean, default_std = (BUNDLED_IMAGE[pretrained][1:] if pretrained in BUNDLED_IMAGE else
+                                 (timm_config.get("mean", IMAGENET_MEAN), timm_config.get("std", IMAGENET_STD)))
+    backbone = ImageBackbone(network, pretrained=pretrained,
                              image_size=image_size, resize=resize, mean=mean or default_mean, std=std or default_std,
                              augment=augment)
     set_backbone_mode(backbone, mode, trainable_blocks)
