@@ -1,9 +1,11 @@
 import pytest
 import torch
+import numpy as np
+from sklearn import metrics as sk
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
 from torch.nn import functional as F
 
-from headsmith.evaluation.metrics import flatten, head_metrics, summarize
+from headsmith.evaluation.metrics import evaluate_head, flatten, head_metrics, summarize
 from headsmith.models.module import multi_head_loss
 
 TARGET = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -15,9 +17,13 @@ def test_metrics_match_hand_computed_values():
     metrics.update(F.one_hot(PRED, 3).float(), TARGET)  # scores whose argmax is PRED
     summary = summarize(metrics.compute(), ["a", "b", "c"])
     # class a: tp 1 fp 1 fn 1; class b: tp 2 fp 1 fn 0; class c: tp 1 fp 0 fn 1
-    assert summary["classes"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
-    assert summary["classes"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
-    assert summary["classes"]["c"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    # one-vs-rest balanced accuracy: (recall + specificity) / 2, e.g. class a: (1/2 + 3/4) / 2
+    assert summary["classes"]["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                                     "balanced_accuracy": 0.625, "support": 2})
+    assert summary["classes"]["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8,
+                                                     "balanced_accuracy": 0.875, "support": 2})
+    assert summary["classes"]["c"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3,
+                                                     "balanced_accuracy": 0.75, "support": 2})
     assert summary["precision"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
     assert summary["recall"] == pytest.approx(2 / 3)
     assert summary["f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
@@ -41,6 +47,36 @@ def test_metrics_agree_with_scikit_learn_including_an_absent_class():
     assert summary["precision"] == pytest.approx(precision_score(y, p, average="macro"), abs=1e-6)
     assert summary["recall"] == pytest.approx(recall_score(y, p, average="macro"), abs=1e-6)
     assert summary["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p), abs=1e-6)
+
+
+def test_evaluation_agrees_with_scikit_learn_per_class_curves_and_confusion():
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 1.2 * np.eye(3)[target]
+    logits[:40] = np.round(logits[:40], 1)  # tied scores, which curves must treat as one threshold
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    result = evaluate_head(probabilities.astype(np.float32), target, list("abc"))
+    summary, predicted = result["summary"], probabilities.argmax(1)
+    assert summary["confusion"] == sk.confusion_matrix(target, predicted).tolist()
+    assert summary["f1"] == pytest.approx(sk.f1_score(target, predicted, average="macro"), abs=1e-6)
+    for i, label in enumerate("abc"):
+        positive, scores = target == i, probabilities.astype(np.float32)[:, i]
+        per_class, curve = summary["classes"][label], result["curves"][label]
+        assert per_class["precision"] == pytest.approx(sk.precision_score(positive, predicted == i), abs=1e-6)
+        assert per_class["recall"] == pytest.approx(sk.recall_score(positive, predicted == i), abs=1e-6)
+        assert per_class["f1"] == pytest.approx(sk.f1_score(positive, predicted == i), abs=1e-6)
+        assert per_class["balanced_accuracy"] == pytest.approx(
+            sk.balanced_accuracy_score(positive, predicted == i), abs=1e-6)
+        assert per_class["average_precision"] == pytest.approx(sk.average_precision_score(positive, scores),
+                                                               abs=1e-6)
+        precision, recall, thresholds = sk.precision_recall_curve(positive, scores)
+        np.testing.assert_allclose(curve["thresholds"], thresholds[::-1], atol=1e-6)  # ours: highest first
+        np.testing.assert_allclose(curve["precision"], precision[:-1][::-1], atol=1e-6)
+        np.testing.assert_allclose(curve["recall"], recall[:-1][::-1], atol=1e-6)
+        assert curve["tp"][-1] == positive.sum() and curve["fp"][-1] + curve["tp"][-1] == 300
+    assert summary["average_precision"] == pytest.approx(
+        np.mean([sk.average_precision_score(target == i, probabilities.astype(np.float32)[:, i])
+                 for i in range(3)]), abs=1e-6)
 
 
 def test_masked_multi_head_loss_ignores_unlabelled_rows():

@@ -1,32 +1,124 @@
-"""Evaluating a network on a snapshot, head by head, with the same metrics training logs."""
+"""Evaluating a model on snapshot rows: scores for every row, then per head and per class metrics, PR curves,
+confusion matrices, threshold decisions and per-row predictions, written as eval.json, predictions.parquet,
+report.html and PNGs."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import torch
+from rich.progress import Progress
 
 from headsmith.data.snapshot import Snapshot
-from headsmith.evaluation.metrics import head_metrics, summarize
+from headsmith.errors import HeadsmithError
+from headsmith.evaluation.metrics import evaluate_head
+from headsmith.evaluation.thresholds import decide
 from headsmith.models.net import MultiHeadNet
+
+EVAL_FILE, PREDICTIONS_FILE, REPORT_FILE = "eval.json", "predictions.parquet", "report.html"
 
 
 @torch.inference_mode()
-def evaluate(net: MultiHeadNet, snapshot: Snapshot, heads: list[str], batch_size: int = 64) -> dict[str, dict]:
-    """Metrics for each of `heads` that both the network and the snapshot have, over the rows that label it."""
-    heads = [h for h in heads if h in net.classes and h in snapshot.manifest.heads]
-    frame = snapshot.frame()
-    metrics = {h: head_metrics(len(net.classes[h])) for h in heads}
-    seen: set[str] = set()
+def score_rows(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame, features: torch.Tensor | None = None,
+               batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Softmax scores per head, one row per row of `frame` (rows of `snapshot`; `position` is their index in it).
+    `features`: the frozen backbone's embeddings of the whole snapshot, when cached."""
     was_training = net.training
     net.eval()
-    for start in range(0, len(frame), batch_size):
-        rows = frame.iloc[start:start + batch_size]
-        logits = net(net.backbone.preprocess(snapshot.load_inputs(rows["input"].tolist())))
-        for head in heads:
-            index = {c: i for i, c in enumerate(net.classes[head])}
-            labelled = rows[head].notna().to_numpy()
-            if labelled.any():
-                target = torch.tensor([index[c] for c in rows[head][labelled]])
-                metrics[head].update(logits[head][torch.from_numpy(labelled)], target)
-                seen.add(head)
+    scores: dict[str, list[np.ndarray]] = {h: [] for h in net.classes}
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"scoring {len(frame)} rows of '{snapshot.manifest.name}'", total=len(frame))
+        for start in range(0, len(frame), batch_size):
+            rows = frame.iloc[start:start + batch_size]
+            inputs = ({"features": features[torch.tensor(rows["position"].to_numpy())]} if features is not None
+                      else net.backbone.preprocess(snapshot.load_inputs(rows["input"].tolist())))
+            for head, logits in net(inputs).items():
+                scores[head].append(torch.softmax(logits.float(), -1).numpy())
+            progress.advance(task, len(rows))
     net.train(was_training)
-    return {h: summarize(m.compute(), net.classes[h]) for h, m in metrics.items() if h in seen}
+    return {h: np.concatenate(parts) if parts else np.zeros((0, len(net.classes[h]))) for h, parts in scores.items()}
+
+
+class Evaluation:
+    """A model's answers on snapshot rows and what they add up to, head by head (the heads both label)."""
+
+    def __init__(self, net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame, scores: dict[str, np.ndarray],
+                 model: dict, split: str):
+        self.snapshot, self.frame, self.model, self.split = snapshot, frame.reset_index(drop=True), model, split
+        self.classes = {h: net.classes[h] for h in net.classes if h in snapshot.manifest.heads
+                        and self.frame[h].notna().any()}
+        self.scores = {h: scores[h] for h in self.classes}
+        self.thresholds = {h: (getattr(net, "thresholds", {}) or {}).get(h) for h in self.classes}
+        self.heads = {}
+        for head, classes in self.classes.items():
+            unknown = sorted(set(self.frame[head].dropna()) - set(classes))
+            if unknown:
+                raise HeadsmithError(f"snapshot '{snapshot.manifest.name}' labels head '{head}' with classes the model "
+                                 f"does not know: {unknown}; evaluate on a snapshot labelled with {classes}")
+            labelled = self.frame[head].notna().to_numpy()
+            target = self.frame.loc[labelled, head].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+            self.heads[head] = evaluate_head(self.scores[head][labelled], target, classes)
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        return {h: result["summary"] for h, result in self.heads.items()}
+
+    def threshold_list(self, head: str) -> list[float | None]:
+        chosen = self.thresholds.get(head) or {}
+        return [(chosen.get(c) or {}).get("threshold") for c in self.classes[head]]
+
+    def predictions(self) -> pd.DataFrame:
+        """One row per evaluated row: its label, the top class, the threshold decision and every class's score."""
+        columns = {"row": self.frame["row"], "input": self.frame["input"]}
+        if "source" in self.frame:
+            columns["source"] = self.frame["source"]
+        for head, classes in self.classes.items():
+            scores = self.scores[head]
+            _, decided = decide(scores, self.threshold_list(head))
+            columns[head] = self.frame[head]
+            columns[f"{head}:predicted"] = [classes[i] for i in scores.argmax(1)]
+            columns[f"{head}:decision"] = [classes[i] if i is not None else None for i in decided]
+            columns[f"{head}:confidence"] = scores.max(1)
+            for i, label in enumerate(classes):
+                columns[f"{head}:score:{label}"] = scores[:, i]
+        return pd.DataFrame(columns)
+
+    def mistakes(self, head: str, limit: int = 12) -> pd.DataFrame:
+        """The labelled rows of `head` the model got wrong, most confident first."""
+        table = self.predictions()
+        wrong = table[table[head].notna() & (table[head] != table[f"{head}:predicted"])]
+        return wrong.sort_values(f"{head}:confidence", ascending=False, kind="mergesort").head(limit)
+
+    def to_json(self) -> dict:
+        curves = {h: {c: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in curve.items()}
+                      for c, curve in result["curves"].items()} for h, result in self.heads.items()}
+        return {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": self.model,
+                "snapshot": self.snapshot.manifest.ref(), "split": self.split, "rows": len(self.frame),
+                "metrics": self.metrics, "thresholds": self.thresholds, "curves": curves}
+
+    def save(self, folder: Path | str) -> Path:
+        """eval.json, predictions.parquet, report.html and one PR-curve and one confusion-matrix PNG per head."""
+        from headsmith.evaluation.plots import save_pngs
+        from headsmith.evaluation.report import write_report
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / EVAL_FILE).write_text(json.dumps(self.to_json(), indent=1))
+        self.predictions().to_parquet(folder / PREDICTIONS_FILE, index=False)
+        save_pngs(self, folder)
+        write_report(self, folder / REPORT_FILE)
+        return folder
+
+
+def evaluate(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame | None = None,
+             features: torch.Tensor | None = None, model: dict | None = None, split: str = "all") -> Evaluation:
+    """Evaluate `net` on `frame` (default: every row of the snapshot) for each head both have."""
+    if frame is None:
+        frame = snapshot.frame().rename_axis("position").reset_index()
+    heads = [h for h in net.classes if h in snapshot.manifest.heads]
+    frame = frame[frame[heads].notna().any(axis=1)] if heads else frame.iloc[:0]
+    return Evaluation(net, snapshot, frame, score_rows(net, snapshot, frame, features), model or {}, split)

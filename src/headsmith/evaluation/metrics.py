@@ -1,7 +1,9 @@
-"""Classification metrics per head: macro and per class, from one torchmetrics template."""
+"""Classification metrics per head: macro and per class from one torchmetrics template (training and evaluation
+share it), plus what only a full pass over scores gives: precision/recall curves, average precision, confusion."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision,
@@ -9,7 +11,7 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, 
 
 # What a selection rule may name; every one but loss is a macro average over the head's classes.
 METRIC_NAMES = ("f1", "precision", "recall", "balanced_accuracy", "loss")
-PER_CLASS = ("precision", "recall", "f1")
+PER_CLASS = ("precision", "recall", "f1", "balanced_accuracy")
 
 
 def head_metrics(num_classes: int) -> MetricCollection:
@@ -28,8 +30,11 @@ def head_metrics(num_classes: int) -> MetricCollection:
 
 
 def summarize(computed: dict[str, torch.Tensor], classes: list[str]) -> dict:
-    """The nested form written to metrics.json: macro values, total support, and a block per class."""
-    support = computed["class_stats"][:, 4]
+    """The nested form written to metrics.json: macro values, total support, and a block per class. A class's
+    balanced accuracy is one-vs-rest: the mean of its recall and its specificity."""
+    tp, fp, tn, fn, support = computed["class_stats"].double().unbind(1)
+    specificity = torch.where(tn + fp > 0, tn / (tn + fp), torch.zeros_like(tn))
+    computed = {**computed, "class_balanced_accuracy": (computed["class_recall"].double() + specificity) / 2}
     return {
         **{name: float(computed[name]) for name in ("precision", "recall", "f1", "balanced_accuracy")},
         "support": int(support.sum()),
@@ -38,6 +43,52 @@ def summarize(computed: dict[str, torch.Tensor], classes: list[str]) -> dict:
             for i, label in enumerate(classes)
         },
     }
+
+
+def pr_curve(scores: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """One-vs-rest precision/recall at every distinct score, highest threshold first, with the counts behind each
+    point (so a report can show the confusion at any threshold): tp, fp out of `positives` and `negatives`. The
+    same points as scikit-learn's precision_recall_curve, without its (precision 1, recall 0) end point."""
+    order = np.argsort(-scores, kind="mergesort")
+    ranked, hits = scores[order], positive[order].astype(np.int64)
+    ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # the last row of each distinct score
+    tp = np.cumsum(hits)[ends]
+    fp = ends + 1 - tp
+    positives = int(hits.sum())
+    predicted = tp + fp
+    return {
+        "thresholds": ranked[ends],
+        "precision": np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0),
+        "recall": tp / positives if positives else np.ones(len(tp)),
+        "tp": tp, "fp": fp, "positives": positives, "negatives": len(ranked) - positives,
+    }
+
+
+def average_precision(curve: dict[str, np.ndarray]) -> float:
+    """Area under the step-wise PR curve: sum over thresholds of (recall gained) x precision, as scikit-learn."""
+    recall = np.r_[0.0, curve["recall"]]
+    return float(np.sum(np.diff(recall) * curve["precision"]))
+
+
+def confusion_matrix(target: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (target, predicted), 1)
+    return matrix
+
+
+def evaluate_head(probabilities: np.ndarray, target: np.ndarray, classes: list[str]) -> dict:
+    """Everything a report shows for one head, from its scores on the rows that label it."""
+    computed = head_metrics(len(classes))(torch.tensor(probabilities), torch.tensor(target))
+    summary = summarize(computed, classes)
+    curves = {label: pr_curve(probabilities[:, i], target == i) for i, label in enumerate(classes)}
+    for label, curve in curves.items():
+        summary["classes"][label]["average_precision"] = average_precision(curve)
+    present = [label for label in classes if curves[label]["positives"]]  # AP is undefined without positives
+    summary["average_precision"] = (sum(summary["classes"][c]["average_precision"] for c in present) / len(present)
+                                    if present else 0.0)
+    summary["confusion"] = confusion_matrix(target, probabilities.argmax(1), len(classes)).tolist()
+    return {"summary": summary, "curves": curves}
 
 
 def flatten(stage: str, head: str, summary: dict) -> dict[str, float]:

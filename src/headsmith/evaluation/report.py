@@ -1,6 +1,12 @@
-"""Metrics as a person reads them in a terminal."""
+"""Metrics as a person reads them: tables in a terminal, and report.html."""
 
 from __future__ import annotations
+
+import base64
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -28,3 +34,68 @@ def print_metrics(metrics: dict, stage: str = "test") -> None:
     if sel["best_score"] is not None:
         console.print(f"selected epoch {sel['best_epoch']} by {sel['monitor']} ({sel['mode']}) = {sel['best_score']:.4f}")
     console.print(f"model package: {metrics['model']}")
+    if metrics.get("report"):
+        console.print(f"report: {metrics['report']}")
+
+
+# --- report.html: one self-contained page per evaluation (plotly's own JS inlined, no network needed) ---
+
+TEMPLATE = Path(__file__).with_name("report_template.html")
+CURVE_POINTS = 1500  # per class, plenty for a screen; eval.json keeps every point
+
+
+def _thumbnail(path: Path) -> str:
+    """A small JPEG of an image, inlined as a data URI."""
+    from PIL import Image
+
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((96, 96))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _curve_for_page(curve: dict, keep: int | None) -> dict:
+    every = max(1, -(-len(curve["thresholds"]) // CURVE_POINTS))
+    index = sorted(set(range(0, len(curve["thresholds"]), every)) | {len(curve["thresholds"]) - 1}
+                   | ({keep} if keep is not None and keep >= 0 else set()))
+    return {**{k: [round(float(curve[k][i]), 6) for i in index] for k in ("thresholds", "precision", "recall")},
+            **{k: [int(curve[k][i]) for i in index] for k in ("tp", "fp")},
+            "positives": curve["positives"], "negatives": curve["negatives"]}
+
+
+def report_data(evaluation) -> dict:
+    """What the page draws, as JSON."""
+    images = evaluation.snapshot.manifest.type == "image-classification"
+    heads = []
+    for head, result in evaluation.heads.items():
+        chosen = evaluation.thresholds.get(head) or {}
+        curves = {}
+        for label, curve in result["curves"].items():
+            threshold = (chosen.get(label) or {}).get("threshold")
+            keep = int((curve["thresholds"] >= threshold).sum()) - 1 if threshold is not None else None
+            curves[label] = {**_curve_for_page(curve, keep), "chosen": threshold}
+        mistakes = [{"row": int(r["row"]), "label": r[head], "predicted": r[f"{head}:predicted"],
+                     "confidence": round(float(r[f"{head}:confidence"]), 4),
+                     "input": (_thumbnail(evaluation.snapshot.blobs.path(r["input"])) if images else r["input"]),
+                     "source": r.get("source") if images else None}
+                    for _, r in evaluation.mistakes(head).iterrows()]
+        heads.append({"name": head, "classes": evaluation.classes[head], "summary": result["summary"],
+                      "thresholds": chosen, "curves": curves, "mistakes": mistakes})
+    return {"model": evaluation.model, "snapshot": evaluation.snapshot.manifest.ref(), "split": evaluation.split,
+            "rows": len(evaluation.frame), "images": images, "heads": heads,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_report(evaluation, path: Path) -> Path:
+    from plotly.offline import get_plotlyjs
+
+    # `<` escaped: a text containing "</script>" cannot end the data block early
+    data = json.dumps(report_data(evaluation), default=str).replace("<", "\\u003c")
+    before, rest = TEMPLATE.read_text().split("/*PLOTLY*/")
+    middle, after = rest.split("/*DATA*/")
+    page = before + get_plotlyjs() + middle + data + after
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path

@@ -22,6 +22,7 @@ class MultiHeadNet(nn.Module):
         self.heads = nn.ModuleDict({module_key(h): m for h, m in heads.items()})
         self.classes = {h: list(c) for h, c in classes.items()}
         self.head_specs = head_specs  # how to rebuild each head: its _target_ and arguments
+        self.thresholds: dict[str, dict[str, dict]] = {}  # head -> class -> chosen threshold (see thresholds.py)
 
     @property
     def backbone_frozen(self) -> bool:

@@ -33,7 +33,7 @@ def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
         meta = {
             "format_version": FORMAT_VERSION,
             "backbone": net.backbone.spec(),
-            "heads": {h: {"classes": net.classes[h], "head": net.head_specs[h], "thresholds": None}
+            "heads": {h: {"classes": net.classes[h], "head": net.head_specs[h], "thresholds": net.thresholds.get(h)}
                       for h in net.classes},
             "preprocessing": {"max_tokens": getattr(net.backbone, "max_tokens", None)},
             "lineage": lineage,
@@ -68,6 +68,7 @@ def load_model(folder: Path | str) -> MultiHeadNet:
         heads[name], head_specs[name] = instantiate(head["head"]), head["head"]
     net = MultiHeadNet(backbone, heads, {h: v["classes"] for h, v in meta["heads"].items()}, head_specs)
     net.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    net.thresholds = {h: v["thresholds"] for h, v in meta["heads"].items() if v.get("thresholds")}
     net.requires_grad_(False)
     net.meta = meta
     return net.eval()

@@ -80,8 +80,8 @@ def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Sn
         if unknown:
             raise HeadsmithError(f"regression_gate.golden: snapshot '{snapshot.manifest.name}' has classes of "
                                  f"{unknown} that the base model does not know")
-        before, after = evaluate(base, snapshot, heads), evaluate(candidate, snapshot, heads)
-        for head in before:
+        before, after = evaluate(base, snapshot).metrics, evaluate(candidate, snapshot).metrics
+        for head in [h for h in heads if h in before]:
             drop = before[head]["f1"] - after[head]["f1"]
             check = {"head": head, "snapshot": snapshot.manifest.name, "base_f1": before[head]["f1"],
                      "f1": after[head]["f1"], "drop": drop, "passed": drop <= max_f1_drop}

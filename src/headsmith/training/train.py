@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import warnings
@@ -16,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from headsmith.config import config_dir, register_recipes, register_resolvers
 from headsmith.errors import HeadsmithError, RegressionGateFailed
+from headsmith.evaluation.evaluate import REPORT_FILE, evaluate
 from headsmith.evaluation.report import console, print_metrics
+from headsmith.evaluation.thresholds import choose_thresholds
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
@@ -28,6 +31,7 @@ from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
 
 METRICS_FILE = "metrics.json"
+EVAL_DIR = "eval"  # the test split's evaluation: eval.json, predictions.parquet, report.html, PNGs
 
 
 def build_net(cfg: DictConfig, backbone, classes: dict[str, list[str]]) -> MultiHeadNet:
@@ -43,6 +47,10 @@ def _warn_about_leakage(leakage: dict) -> None:
         if overlap["rows"]:
             console.print(f"[yellow]leakage:[/] {overlap['rows']} {part} rows have an input that is also in training "
                           f"(rows {overlap['examples']})")
+
+
+def _features(features_of, snapshot):
+    return features_of(snapshot) if features_of else None
 
 
 def _instantiate_all(group) -> list:
@@ -69,12 +77,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     kept = [h for h, action in plan.items() if action == "keep"]
     # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
     teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
+    features_of = None  # snapshot -> the frozen backbone's cached embeddings of all its rows
     if net.backbone_frozen:
         # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if cfg.embedding_cache:
             cache = EmbeddingCache(workspace)
-            datamodule.use_features(lambda snapshot: cache.features(snapshot, net.backbone))
+            features_of = functools.partial(cache.features, backbone=net.backbone)
+            datamodule.use_features(features_of)
     model = MultiHeadClassifier(
         net,
         optimizer=instantiate(cfg.optimizer),
@@ -92,6 +102,16 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
 
+    # Thresholds by policy on the validation split (kept heads keep the base model's); then the test evaluation.
+    val = evaluate(net, datamodule.snapshot, datamodule.splits["val"], _features(features_of, datamodule.snapshot),
+                   split="val")
+    net.thresholds = {**{h: base.thresholds[h] for h in kept if h in base.thresholds},
+                      **choose_thresholds(val, cfg.thresholds, [h for h, a in plan.items() if a != "keep"])}
+    test_snapshot = datamodule.test_snapshot or datamodule.snapshot
+    test = evaluate(net, test_snapshot, datamodule.splits["test"], _features(features_of, test_snapshot),
+                    model={"name": cfg.name, "path": str(output_dir / "model")}, split="test")
+    test.save(output_dir / EVAL_DIR)
+
     snapshots = {"train": datamodule.snapshot.manifest.ref(),
                  "test": datamodule.test_snapshot.manifest.ref() if datamodule.test_snapshot else None}
     metrics = {
@@ -107,7 +127,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         "splits": datamodule.split_sizes(),
         "leakage": leakage,
         "val": model.results.get("val", {}),
-        "test": model.results.get("test", {}),
+        "test": test.metrics,
+        "thresholds": net.thresholds,
+        "report": str(output_dir / EVAL_DIR / REPORT_FILE),
         "heads": plan,
         "agreement_with_base": model.agreement,
     }

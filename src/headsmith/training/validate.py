@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from headsmith.data.datamodule import snapshot_differences
 from headsmith.data.snapshot import load_snapshot
 from headsmith.errors import ConfigError, HeadsmithError
+from headsmith.evaluation.thresholds import class_problems, policy_problems
 from headsmith.models.backbones import BACKBONE_MODES
 from headsmith.models.package import read_meta
 from headsmith.models.registry import resolve_model
@@ -22,7 +23,7 @@ from headsmith.workspace import Workspace
 
 TOP_LEVEL = {"dataset", "backbone", "head", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
              "paths", "name", "seed", "class_weights",
-             "embedding_cache", "base_model", "heads", "distillation", "regression_gate"}
+             "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
     "dataset": {"workspace", "preprocess"},
@@ -101,6 +102,10 @@ def target_problems(key: str, node: DictConfig, runtime: set[str] = frozenset())
     return problems
 
 
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def static_problems(cfg: DictConfig) -> list[str]:
     problems = [f"{k}: not a config key{_suggest(k, TOP_LEVEL)} (top-level keys: {', '.join(sorted(TOP_LEVEL))})"
                 for k in cfg if k not in TOP_LEVEL]
@@ -121,6 +126,7 @@ def static_problems(cfg: DictConfig) -> list[str]:
                         "step) or backbone.augment=[]")
     if cfg.get("class_weights") not in ("balanced", "none"):
         problems.append(f"class_weights={cfg.get('class_weights')}: choose balanced or none")
+    problems += policy_problems(_plain(cfg.get("thresholds")))
     if not isinstance(cfg.get("embedding_cache"), bool):
         problems.append(f"embedding_cache={cfg.get('embedding_cache')}: must be true or false")
     ds = cfg.dataset
@@ -154,6 +160,7 @@ def data_problems(cfg: DictConfig, workspace: Workspace) -> list[str]:
         problems += [f"dataset.test_snapshot: {p}" for p in snapshot_differences(snapshot, test, heads)]
     problems += selection_problems(cfg.selection, {h: labelled[h].classes for h in heads})
     trained = {h: labelled[h].classes for h in heads}
+    problems += class_problems(_plain(cfg.get("thresholds")), trained)
     if cfg.get("base_model"):
         try:
             meta = read_meta(resolve_model(workspace, cfg.base_model))

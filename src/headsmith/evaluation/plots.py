@@ -1,0 +1,53 @@
+"""PNG versions of a report's plots, for terminals, CI logs and pull requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_pngs(evaluation, folder: Path) -> list[Path]:
+    """`pr_HEAD.png` (one curve per class, the chosen threshold marked) and `confusion_HEAD.png` per head."""
+    paths = []
+    for head, result in evaluation.heads.items():
+        figure, axes = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+        for label, curve in result["curves"].items():
+            ap = result["summary"]["classes"][label]["average_precision"]
+            line, = axes.step(curve["recall"], curve["precision"], where="post", label=f"{label} (AP {ap:.3f})")
+            chosen = (evaluation.thresholds.get(head) or {}).get(label) or {}
+            if chosen.get("threshold") is not None:
+                index = int((curve["thresholds"] >= chosen["threshold"]).sum()) - 1
+                if index >= 0:
+                    axes.plot(curve["recall"][index], curve["precision"][index], "o", color=line.get_color())
+        axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02),
+                 title=f"{head}: precision / recall per class")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower left", fontsize=8)
+        paths.append(_save(figure, folder / f"pr_{head}.png"))
+
+        classes, matrix = evaluation.classes[head], result["summary"]["confusion"]
+        size = max(3.5, 0.45 * len(classes) + 2)
+        figure, axes = plt.subplots(figsize=(size + 1, size), dpi=110)
+        image = axes.imshow(matrix, cmap="Blues")
+        peak = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                          color="white" if count > peak / 2 else "black")
+        axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        axes.set_yticks(range(len(classes)), classes)
+        axes.set(xlabel="predicted", ylabel="true", title=f"{head}: confusion matrix")
+        figure.colorbar(image, ax=axes, fraction=0.046)
+        paths.append(_save(figure, folder / f"confusion_{head}.png"))
+    return paths
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
