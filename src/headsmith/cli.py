@@ -467,5 +467,59 @@ def model_show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a pack
         console.print(metrics_table("test", head, summary))
 
 
+@app.command("eval")
+@user_errors
+def eval_command(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package folder or a run folder")],
+                 snapshot: Annotated[str, typer.Argument(help="a snapshot that labels some of the model's heads")],
+                 out: Annotated[Optional[Path], typer.Option(help="where to write the evaluation "
+                                                                  "(default: <workspace>/evals/...)")] = None,
+                 cache: Annotated[bool, typer.Option(help="read/keep the snapshot's embeddings in the "
+                                                          "workspace's embedding cache")] = True):
+    """Evaluate a model on a snapshot: metrics per head and class, PR curves, confusion matrices, per-row
+    predictions (Parquet), report.html and PNGs."""
+    from datetime import datetime
+
+    from headsmith.data.snapshot import load_snapshot
+    from headsmith.evaluation.evaluate import REPORT_FILE, evaluate
+    from headsmith.evaluation.report import metrics_table
+    from headsmith.models.package import load_model
+    from headsmith.models.registry import model_identity
+    from headsmith.training.embedding_cache import EmbeddingCache
+    from headsmith.workspace import Workspace
+
+    workspace = Workspace()
+    path, name, version = model_identity(workspace, model)
+    net, data = load_model(path), load_snapshot(workspace, snapshot)
+    shared = [h for h in net.classes if h in data.manifest.heads]
+    if not shared:
+        raise HeadsmithError(f"snapshot '{data.manifest.name}' labels {', '.join(data.manifest.heads)}, none of "
+                             f"model {name}'s heads ({', '.join(net.classes)}): nothing to evaluate")
+    features = EmbeddingCache(workspace).features(data, net.backbone) if cache else None
+    label = f"{name}" + (f"-v{version}" if version else "")
+    out = out or workspace.root / "evals" / f"{label}--{data.manifest.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    result = evaluate(net, data, features=features, split="all rows",
+                      model={"name": f"{name}:{version}" if version else name, "path": str(path)})
+    result.save(out)
+    for head, summary in result.metrics.items():
+        console.print(metrics_table(f"{data.manifest.name}", head, summary))
+    console.print(f"report: {out / REPORT_FILE}", highlight=False)
+
+
+@app.command()
+@user_errors
+def predict(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package folder or a run folder")],
+            inputs: Annotated[list[str], typer.Argument(help="texts, or image paths / URLs for an image model")],
+            head: Annotated[Optional[list[str]], typer.Option("--head", help="only these heads")] = None):
+    """Score inputs: per head, per class scores and the thresholds' decision, as JSON."""
+    from headsmith.predictor import open_predictor
+    from headsmith.workspace import Workspace
+
+    predictor = open_predictor(Workspace(), model)
+    answers = predictor.predict(inputs, heads=head or None)
+    print(json.dumps({"model": {"name": predictor.name, "version": predictor.version},
+                      "results": [{"input": i, "heads": a} for i, a in zip(inputs, answers)]},
+                     indent=2, ensure_ascii=False))
+
+
 if __name__ == "__main__":
     app()

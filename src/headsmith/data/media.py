@@ -20,6 +20,10 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from headsmith.errors import HeadsmithError
+
+MAX_PIXELS = 40_000_000  # per image; above it an image is refused before it is decoded
+
 
 class BlobStore:
     """Bytes stored once under their sha256: blobs/ab/abcdef..."""
@@ -65,27 +69,36 @@ class _Retryable(Exception):
 class MediaFetcher:
     """Limits are per image. `max_pixels` also stops decompression bombs: the size is read from the header first."""
 
-    store: BlobStore
+    store: BlobStore | None = None  # where fetch() keeps what it checked; read() needs none
     timeout: float = 10.0
     retries: int = 2
     backoff: float = 0.5
     max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
     concurrency: int = 16
     base_dir: Path | None = None  # relative local paths are read from here (the CSV's folder)
 
-    def fetch(self, ref: str) -> FetchResult:
+    def read(self, ref: str) -> bytes:
+        """The bytes behind a URL or path, with retries on transient failures; ImageRejected says why not."""
         for attempt in range(self.retries + 1):
             try:
-                data = self._read(ref.strip())
-                return self._check_and_store(data)
+                return self._read(ref.strip())
             except _Retryable as e:
                 if attempt == self.retries:
-                    return e.result
+                    raise ImageRejected(e.result.status, e.result.detail) from None
                 time.sleep(self.backoff * 2 ** attempt * (1 + random.random() / 2))
             except _Final as e:
-                return e.result
+                raise ImageRejected(e.result.status, e.result.detail) from None
         raise AssertionError("unreachable")
+
+    def fetch(self, ref: str) -> FetchResult:
+        """Read, check (a full decode within the limits) and store one image."""
+        try:
+            data = self.read(ref)
+            image = open_image(data, self.max_pixels)
+        except ImageRejected as e:
+            return FetchResult(e.status, e.detail)
+        return FetchResult("ok", f"{image.format} {image.width}x{image.height}", self.store.put(data))
 
     def fetch_many(self, refs: Iterable[tuple[object, str]], on_result: Callable[[object, FetchResult], None],
                    description: str = "fetching images") -> None:
@@ -159,26 +172,34 @@ class MediaFetcher:
     def _too_large(self, size: int) -> FetchResult:
         return FetchResult("too_large", f"{size / 2**20:.1f} MiB, over the {self.max_bytes / 2**20:.0f} MiB limit")
 
-    def _check_and_store(self, data: bytes) -> FetchResult:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))  # reads the header only
-                pixels = image.width * image.height
-                if pixels > self.max_pixels:
-                    ratio = pixels / max(len(data), 1)
-                    kind = "decompression bomb: " if ratio > 1000 else ""
-                    return FetchResult("too_many_pixels", f"{kind}{image.width}x{image.height} "
-                                       f"({pixels / 1e6:.1f} MP in {len(data) / 1024:.0f} KiB), over the "
-                                       f"{self.max_pixels / 1e6:.0f} MP limit")
-                image.load()  # a full decode: truncated and corrupt files fail here
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            return FetchResult("too_many_pixels", f"decompression bomb: {e}")
-        except Image.UnidentifiedImageError:
-            return FetchResult("not_an_image", "not an image Pillow can read")
-        except (OSError, SyntaxError, ValueError) as e:
-            return FetchResult("corrupt", f"truncated or corrupt image: {e}")
-        return FetchResult("ok", f"{image.format} {image.width}x{image.height}", self.store.put(data))
+class ImageRejected(HeadsmithError):
+    """An image that cannot be used, with a status (as stored per row) and a detail for people."""
+
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode image bytes fully, refusing too many pixels (read from the header first, so decompression bombs stop
+    before they expand), truncated or corrupt files, and anything Pillow cannot read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                kind = "decompression bomb: " if pixels / max(len(data), 1) > 1000 else ""
+                raise ImageRejected("too_many_pixels", f"{kind}{image.width}x{image.height} ({pixels / 1e6:.1f} MP "
+                                    f"in {len(data) / 1024:.0f} KiB), over the {max_pixels / 1e6:.0f} MP limit")
+            image.load()  # a full decode: truncated and corrupt files fail here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageRejected("too_many_pixels", f"decompression bomb: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("not_an_image", "not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageRejected("corrupt", f"truncated or corrupt image: {e}") from None
+    return image
 
 
 class _Final(Exception):

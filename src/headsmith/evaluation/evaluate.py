@@ -62,6 +62,13 @@ class Evaluation:
             labelled = self.frame[head].notna().to_numpy()
             target = self.frame.loc[labelled, head].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
             self.heads[head] = evaluate_head(self.scores[head][labelled], target, classes)
+            for label, threshold in zip(classes, self.threshold_list(head)):
+                if threshold is not None:  # the decisions' one-vs-rest precision and recall on these rows
+                    curve = self.heads[head]["curves"][label]
+                    i = int((curve["thresholds"] >= threshold).sum()) - 1
+                    self.heads[head]["summary"]["classes"][label]["at_threshold"] = {
+                        "threshold": threshold, "precision": float(curve["precision"][i]) if i >= 0 else 0.0,
+                        "recall": float(curve["recall"][i]) if i >= 0 else 0.0}
 
     @property
     def metrics(self) -> dict[str, dict]:

@@ -15,14 +15,23 @@ console = Console(soft_wrap=True)  # long messages stay on one line, for people 
 
 
 def metrics_table(stage: str, head: str, summary: dict) -> Table:
+    """Per class and macro; average precision and the threshold decisions' precision/recall when known."""
     table = Table(title=f"{stage} metrics, head '{head}'", title_justify="left")
-    for column in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for label, values in summary["classes"].items():
-        table.add_row(label, *(f"{values[m]:.4f}" for m in ("precision", "recall", "f1")), str(values["support"]))
+    values = list(summary["classes"].values())
+    metrics = ["precision", "recall", "f1"] + (["average_precision"] if "average_precision" in summary else [])
+    thresholded = any("at_threshold" in v for v in values)
+    columns = ["class", *metrics, "support"] + (["threshold", "precision@t", "recall@t"] if thresholded else [])
+    for column in columns:
+        table.add_column(column.replace("average_precision", "avg precision"),
+                         justify="left" if column == "class" else "right")
+    for label, v in summary["classes"].items():
+        at = v.get("at_threshold")
+        extra = ([f"{at['threshold']:.4f}", f"{at['precision']:.4f}", f"{at['recall']:.4f}"] if at
+                 else ["-"] * 3) if thresholded else []
+        table.add_row(label, *(f"{v[m]:.4f}" for m in metrics), str(v["support"]), *extra)
     table.add_section()
-    table.add_row("macro", *(f"{summary[m]:.4f}" for m in ("precision", "recall", "f1")), str(summary["support"]),
-                  style="bold")
+    table.add_row("macro", *(f"{summary[m]:.4f}" for m in metrics), str(summary["support"]),
+                  *([""] * 3 if thresholded else []), style="bold")
     table.caption = f"balanced accuracy {summary['balanced_accuracy']:.4f}"
     return table
 

@@ -70,6 +70,18 @@ def resolve_model(workspace: Workspace, ref: str) -> Path:
     return Path(row["path"])
 
 
+def model_identity(workspace: Workspace, ref: str) -> tuple[Path, str, int | None]:
+    """The package a reference names, with its registered name and version (a folder outside the registry: its
+    run's name and no version)."""
+    path = resolve_model(workspace, ref)
+    with workspace.catalog() as db:
+        row = db.execute("SELECT name, version FROM models WHERE path = ?", (str(path),)).fetchone()
+    if row:
+        return path, row["name"], row["version"]
+    run = path.parent if path.name == "model" else path
+    return path, read_meta(path)["lineage"].get("recipe", {}).get("name") or run.name, None
+
+
 def list_models(workspace: Workspace) -> list[dict]:
     with workspace.catalog() as db:
         rows = [dict(r) for r in db.execute("SELECT * FROM models ORDER BY name, version")]
