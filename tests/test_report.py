@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from headsmith.training.train import train
-from conftest import console_errors, save_screenshot
+from conftest import console_errors, run_cli, save_screenshot
 
 
 @pytest.fixture
@@ -80,3 +80,23 @@ def test_report_in_chromium_toggle_and_a_curve_point(trained, browser):
     assert cells[4] == str(fp)
     assert console_errors(browser) == []
     assert save_screenshot(browser, "report.png").stat().st_size > 10_000
+
+
+def test_compare_two_runs_prints_and_renders_the_differences(trained, compose, browser, tmp_path):
+    a, _ = trained
+    b, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'b'}"))
+    run_a, run_b = Path(a["model"]).parent, Path(b["model"]).parent
+    assert run_cli("model", "register", str(run_b), "--name", "shorter").returncode == 0
+    result = run_cli("compare", str(run_a), "shorter", "--out", str(tmp_path / "cmp"))
+    assert result.returncode == 0, result.stderr
+    delta = b["test"]["sentiment"]["f1"] - a["test"]["sentiment"]["f1"]
+    assert f"{delta:+.4f}" in result.stdout and "different snapshots" not in result.stdout
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    row = next(r for r in saved["rows"] if (r["head"], r["class"], r["metric"]) == ("long", "yes", "recall"))
+    assert row["a"] == a["test"]["long"]["classes"]["yes"]["recall"] and row["b"] == b["test"]["long"]["classes"][
+        "yes"]["recall"]
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    browser.get((tmp_path / "cmp" / "compare.html").as_uri())
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    assert console_errors(browser) == []
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tables table")) == 2

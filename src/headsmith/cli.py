@@ -521,5 +521,61 @@ def predict(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package
                      indent=2, ensure_ascii=False))
 
 
+@app.command()
+@user_errors
+def playground(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package folder or a run folder")],
+               compare: Annotated[Optional[str], typer.Option(help="a second model to show side by side, e.g. "
+                                                                   "the base model")] = None,
+               port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = 8765):
+    """A local page to try the model on sample texts or images (and compare it with another model)."""
+    from headsmith.playground import Playground
+    from headsmith.predictor import open_predictor
+    from headsmith.workspace import Workspace
+
+    workspace = Workspace()
+    predictors = [open_predictor(workspace, model)] + ([open_predictor(workspace, compare)] if compare else [])
+    try:
+        server = Playground(predictors, port=port)
+    except OSError as e:
+        raise HeadsmithError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); choose another --port") from None
+    console.print(f"playground: {server.url}  (Ctrl-C stops it)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command("compare")
+@user_errors
+def compare_command(a: Annotated[str, typer.Argument(help="a run folder, evaluation folder or model (A)")],
+                    b: Annotated[str, typer.Argument(help="the same for B")],
+                    out: Annotated[Optional[Path], typer.Option(help="where to write compare.html/.png/.json "
+                                                                     "(default: <workspace>/compare/...)")] = None):
+    """Metric differences (B - A) per head and class, printed and rendered as compare.html and compare.png."""
+    from datetime import datetime
+
+    from headsmith.evaluation.compare import compare, load_side, save_comparison
+    from headsmith.workspace import Workspace
+
+    workspace = Workspace()
+    result = compare(load_side(workspace, a), load_side(workspace, b))
+    if not result["same_snapshot"]:
+        console.print("[yellow]warning:[/] A and B were measured on different snapshots "
+                      f"({result['a']['snapshot']['name']} vs {result['b']['snapshot']['name']}): the differences "
+                      "mix model and data", highlight=False)
+    for head in dict.fromkeys(r["head"] for r in result["rows"]):
+        view = Table("class", "metric", "A", "B", "B - A", title=f"head '{head}': A = {result['a']['label']}, "
+                     f"B = {result['b']['label']}", title_justify="left")
+        for r in (r for r in result["rows"] if r["head"] == head):
+            color = "green" if r["delta"] > 0 else "red" if r["delta"] < 0 else "default"
+            view.add_row(r["class"] or "macro", r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}",
+                         f"[{color}]{r['delta']:+.4f}[/]")
+        console.print(view)
+    out = out or workspace.root / "compare" / f"{datetime.now():%Y%m%d-%H%M%S}"
+    console.print(f"compare page: {save_comparison(result, out)}", highlight=False)
+
+
 if __name__ == "__main__":
     app()

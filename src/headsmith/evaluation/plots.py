@@ -51,3 +51,17 @@ def _save(figure, path: Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def save_compare_png(result: dict, path: Path) -> Path:
+    """F1 of A and B side by side, per head (macro) and class."""
+    rows = [r for r in result["rows"] if r["metric"] == "f1"]
+    names = [f"{r['head']}" if r["class"] is None else f"{r['head']}/{r['class']}" for r in rows]
+    figure, axes = plt.subplots(figsize=(max(5.0, 0.6 * len(rows) + 2), 4), dpi=110)
+    positions = range(len(rows))
+    axes.bar([p - 0.2 for p in positions], [r["a"] for r in rows], 0.4, label=f"A: {result['a']['label']}")
+    axes.bar([p + 0.2 for p in positions], [r["b"] for r in rows], 0.4, label=f"B: {result['b']['label']}")
+    axes.set_xticks(list(positions), names, rotation=45, ha="right", fontsize=8)
+    axes.set(ylim=(0, 1), ylabel="F1", title="F1 per head (macro) and class")
+    axes.legend(fontsize=7)
+    return _save(figure, path)

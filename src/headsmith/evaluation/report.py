@@ -96,15 +96,19 @@ def report_data(evaluation) -> dict:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_report(evaluation, path: Path) -> Path:
+def write_page(template: Path, data: dict, path: Path) -> Path:
+    """A self-contained page: the template with plotly's JS and the data (JSON) inlined, written atomically."""
     from plotly.offline import get_plotlyjs
 
     # `<` escaped: a text containing "</script>" cannot end the data block early
-    data = json.dumps(report_data(evaluation), default=str).replace("<", "\\u003c")
-    before, rest = TEMPLATE.read_text().split("/*PLOTLY*/")
+    payload = json.dumps(data, default=str).replace("<", "\\u003c")
+    before, rest = template.read_text().split("/*PLOTLY*/")
     middle, after = rest.split("/*DATA*/")
-    page = before + get_plotlyjs() + middle + data + after
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(page)
+    tmp.write_text(before + get_plotlyjs() + middle + payload + after)
     tmp.replace(path)
     return path
+
+
+def write_report(evaluation, path: Path) -> Path:
+    return write_page(TEMPLATE, report_data(evaluation), path)

@@ -72,14 +72,14 @@ def resolve_model(workspace: Workspace, ref: str) -> Path:
 
 def model_identity(workspace: Workspace, ref: str) -> tuple[Path, str, int | None]:
     """The package a reference names, with its registered name and version (a folder outside the registry: its
-    run's name and no version)."""
+    run folder as RUN_NAME/TIME, and no version)."""
     path = resolve_model(workspace, ref)
     with workspace.catalog() as db:
         row = db.execute("SELECT name, version FROM models WHERE path = ?", (str(path),)).fetchone()
     if row:
         return path, row["name"], row["version"]
     run = path.parent if path.name == "model" else path
-    return path, read_meta(path)["lineage"].get("recipe", {}).get("name") or run.name, None
+    return path, f"{run.parent.name}/{run.name}", None
 
 
 def list_models(workspace: Workspace) -> list[dict]:

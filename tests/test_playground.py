@@ -1,0 +1,110 @@
+"""`headsmith playground` as a user opens it: the real command on 127.0.0.1, driven in headless Chromium."""
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from headsmith.models.backbones import image_backbone
+from headsmith.models.heads import LinearHead
+from headsmith.models.net import MultiHeadNet
+from headsmith.models.package import save_package
+from headsmith.predictor import Predictor
+from headsmith.training.train import train
+from conftest import HEADSMITH, console_errors, save_screenshot
+from image_server import SAMPLES
+
+
+class PlaygroundProcess:
+    def __init__(self, *args: str):
+        self.process = subprocess.Popen([HEADSMITH, "playground", *args, "--port", "0"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        assert line.startswith("playground: "), line + self.process.stderr.read()
+        self.url = line.split()[1]
+
+    def post(self, body) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + "api/predict", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _scores_on_page(browser, index: int, model: Path, head: str) -> list[float]:
+    cells = browser.find_elements(By.CSS_SELECTOR, f'.input[data-index="{index}"] .model[data-model="{model}"] '
+                                                   f'.head[data-head="{head}"] td.score')
+    return [float(c.text) for c in cells]
+
+
+def test_text_playground_side_by_side_with_a_second_model(compose, reviews_snapshot, browser, tmp_path):
+    first, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=2"))
+    second, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1", "seed=7",
+                              f"paths.output_dir={tmp_path / 'second'}"))
+    model, base = Predictor(first["model"]), Predictor(second["model"])
+    server = PlaygroundProcess(first["model"], "--compare", second["model"])
+    try:
+        browser.get(server.url)
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        texts = ["A gorgeous, moving film.", "Dull, lifeless and far too long."]
+        browser.find_element(By.ID, "texts").send_keys("\n".join(texts))
+        browser.find_element(By.ID, "score").click()
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "results").get_attribute("data-count"))
+        assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".input .sample")] == texts
+        for predictor in (model, base):
+            expected = predictor.predict(texts)
+            for i in range(2):
+                for head in ("sentiment", "long"):
+                    assert _scores_on_page(browser, i, predictor.package, head) == pytest.approx(
+                        [c["score"] for c in expected[i][head]["classes"]], abs=1e-4)
+        assert console_errors(browser) == []
+        save_screenshot(browser, "playground.png")
+
+        # bad input: a clear 400, and the server keeps answering
+        status, body = server.post({"images": ["aGVsbG8="]})
+        assert status == 400 and "this model reads texts" in body["error"]
+        status, body = server.post({"texts": [""]})
+        assert status == 400 and "non-empty" in body["error"]
+        status, body = server.post({"texts": ["fine"]})
+        assert status == 200 and len(body["models"]) == 2
+    finally:
+        server.close()
+
+
+def test_image_playground_scores_an_uploaded_image(tmp_path, browser):
+    import timm
+
+    torch.manual_seed(0)
+    weights = tmp_path / "net.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
+    backbone = image_backbone("timm:test_efficientnet", weights=str(weights), image_size=64, resize=64)
+    head = {"_target_": "headsmith.models.heads.LinearHead", "in_dim": backbone.out_dim, "num_classes": 2}
+    net = MultiHeadNet(backbone, {"cat": LinearHead(backbone.out_dim, 2)}, {"cat": ["no", "yes"]}, {"cat": head})
+    package = save_package(net, tmp_path / "image-model", {"snapshots": {}, "metrics": {}})
+    server = PlaygroundProcess(str(package))
+    try:
+        browser.get(server.url)
+        WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+        browser.find_element(By.ID, "images").send_keys(str(SAMPLES / "chelsea.png"))
+        browser.find_element(By.ID, "score").click()
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "results").get_attribute("data-count"))
+        expected = Predictor(package).predict([SAMPLES / "chelsea.png"])[0]["cat"]["classes"]
+        assert _scores_on_page(browser, 0, package, "cat") == pytest.approx([c["score"] for c in expected],
+                                                                                   abs=1e-4)
+        assert console_errors(browser) == []
+        status, body = server.post({"images": ["bm90IGFuIGltYWdl"]})  # base64 of "not an image"
+        assert status == 400 and "not an image Pillow can read" in body["error"]
+    finally:
+        server.close()
