@@ -9,7 +9,7 @@ DATA := $(or $(HEADSMITH_HOME),workspace)/data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test walkthrough-text walkthrough-vision
+.PHONY: setup browser demo test walkthrough-text walkthrough-vision
 
 setup: $(STAMP)
 
@@ -30,7 +30,14 @@ demo: setup
 	  $(HS) snapshot create rotten-tomatoes --name rotten-tomatoes --input text --label sentiment=sentiment
 	$(HS) train recipe=sentiment
 
-test: setup
+# Headless Chromium drives the report and playground tests: Debian's chromium and its driver (as root, or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: setup browser
 	WANDB_MODE=offline $(VENV)/bin/pytest
 
 # Issue 4's text walkthrough: build a two-head base model from real text, register it, add a sentiment head to it.

@@ -70,9 +70,10 @@ def build_from_base(cfg: DictConfig, base: MultiHeadNet,
 
 
 def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Snapshot], heads: list[str],
-                    max_f1_drop: float) -> dict:
+                    max_f1_drop: float, features_of=None) -> dict:
     """Evaluate base and candidate on every golden snapshot that labels one of `heads` (the kept ones). The gate
-    fails when a head's macro F1 drops by more than `max_f1_drop`; `failures` says which head, where, how much."""
+    fails when a head's macro F1 drops by more than `max_f1_drop`; `failures` says which head, where, how much.
+    `features_of(snapshot)`: cached embeddings, when the candidate's frozen backbone is the base's."""
     checks, failures = [], []
     for snapshot in golden:
         unknown = [h for h in heads if h in snapshot.manifest.heads
@@ -80,7 +81,9 @@ def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Sn
         if unknown:
             raise HeadsmithError(f"regression_gate.golden: snapshot '{snapshot.manifest.name}' has classes of "
                                  f"{unknown} that the base model does not know")
-        before, after = evaluate(base, snapshot).metrics, evaluate(candidate, snapshot).metrics
+        features = features_of(snapshot) if features_of else None
+        before = evaluate(base, snapshot, features=features).metrics
+        after = evaluate(candidate, snapshot, features=features).metrics
         for head in [h for h in heads if h in before]:
             drop = before[head]["f1"] - after[head]["f1"]
             check = {"head": head, "snapshot": snapshot.manifest.name, "base_f1": before[head]["f1"],

@@ -49,10 +49,6 @@ def _warn_about_leakage(leakage: dict) -> None:
                           f"(rows {overlap['examples']})")
 
 
-def _features(features_of, snapshot):
-    return features_of(snapshot) if features_of else None
-
-
 def _instantiate_all(group) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
@@ -77,7 +73,9 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     kept = [h for h, action in plan.items() if action == "keep"]
     # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
     teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
-    features_of = None  # snapshot -> the frozen backbone's cached embeddings of all its rows
+    def features_of(snapshot):  # the frozen backbone's cached embeddings of all the snapshot's rows, if any
+        return None
+
     if net.backbone_frozen:
         # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -103,12 +101,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
 
     # Thresholds by policy on the validation split (kept heads keep the base model's); then the test evaluation.
-    val = evaluate(net, datamodule.snapshot, datamodule.splits["val"], _features(features_of, datamodule.snapshot),
+    val = evaluate(net, datamodule.snapshot, datamodule.splits["val"], features_of(datamodule.snapshot),
                    split="val")
     net.thresholds = {**{h: base.thresholds[h] for h in kept if h in base.thresholds},
                       **choose_thresholds(val, cfg.thresholds, [h for h, a in plan.items() if a != "keep"])}
     test_snapshot = datamodule.test_snapshot or datamodule.snapshot
-    test = evaluate(net, test_snapshot, datamodule.splits["test"], _features(features_of, test_snapshot),
+    test = evaluate(net, test_snapshot, datamodule.splits["test"], features_of(test_snapshot),
                     model={"name": cfg.name, "path": str(output_dir / "model")}, split="test")
     test.save(output_dir / EVAL_DIR)
 
@@ -143,7 +141,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     }
     if base and cfg.regression_gate.golden:
         golden = [load_snapshot(workspace, name) for name in cfg.regression_gate.golden]
-        metrics["regression_gate"] = regression_gate(base, net, golden, kept, cfg.regression_gate.max_f1_drop)
+        metrics["regression_gate"] = regression_gate(base, net, golden, kept, cfg.regression_gate.max_f1_drop,
+                                                     features_of)  # a frozen backbone is the base's: same embeddings
         lineage["regression_gate"] = metrics["regression_gate"]
     package = save_package(net, output_dir / "model", lineage)
     metrics["model"] = str(package)
