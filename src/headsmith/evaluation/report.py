@@ -5,28 +5,32 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)  # long messages stay on one line, for people and for grep
+# Long messages stay on one line, for people and for grep; tables get 120 columns in logs and pipes (not 80).
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 def metrics_table(stage: str, head: str, summary: dict) -> Table:
     """Per class and macro; average precision and the threshold decisions' precision/recall when known."""
-    table = Table(title=f"{stage} metrics, head '{head}'", title_justify="left")
+    table = Table(title=f"{stage} metrics, head '{head}'", title_justify="left", box=box.SIMPLE_HEAD,
+                  padding=(0, 1, 0, 0), pad_edge=False, show_edge=False)
     values = list(summary["classes"].values())
     metrics = ["precision", "recall", "f1"] + (["average_precision"] if "average_precision" in summary else [])
     thresholded = any("at_threshold" in v for v in values)
-    columns = ["class", *metrics, "support"] + (["threshold", "precision@t", "recall@t"] if thresholded else [])
+    columns = ["class", *metrics, "support"] + (["threshold", "P@thr", "R@thr"] if thresholded else [])
     for column in columns:
-        table.add_column(column.replace("average_precision", "avg precision"),
-                         justify="left" if column == "class" else "right")
+        table.add_column(column.replace("average_precision", "AP"), justify="left" if column == "class" else "right",
+                         no_wrap=True)
     for label, v in summary["classes"].items():
         at = v.get("at_threshold")
-        extra = ([f"{at['threshold']:.4f}", f"{at['precision']:.4f}", f"{at['recall']:.4f}"] if at
+        extra = ([f"{at['threshold']:.3f}", f"{at['precision']:.4f}", f"{at['recall']:.4f}"] if at
                  else ["-"] * 3) if thresholded else []
         table.add_row(label, *(f"{v[m]:.4f}" for m in metrics), str(v["support"]), *extra)
     table.add_section()
