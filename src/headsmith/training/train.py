@@ -73,6 +73,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     kept = [h for h, action in plan.items() if action == "keep"]
     # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
     teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
+
     def features_of(snapshot):  # the frozen backbone's cached embeddings of all the snapshot's rows, if any
         return None
 
