@@ -16,6 +16,47 @@ from headsmith.evaluation.thresholds import decide
 from headsmith.models.package import load_model
 
 
+class ModelCard:
+    """What a model answers with, from its model.json alone (no weights): heads, classes, thresholds, identity.
+    Turns scores into moderation answers; the BentoML API service uses it while a second service holds the
+    weights."""
+
+    def __init__(self, meta: dict, name: str, version: int | None = None):
+        self.meta, self.name, self.version = meta, name, version
+        self.kind = meta["backbone"]["kind"]  # "text" or "image"
+        self.heads = {h: v["classes"] for h, v in meta["heads"].items()}
+        self.thresholds = {h: [((v.get("thresholds") or {}).get(c) or {}).get("threshold") for c in v["classes"]]
+                           for h, v in meta["heads"].items()}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "version": self.version, "kind": self.kind,
+                "heads": {h: {"classes": c, "thresholds": dict(zip(c, self.thresholds[h]))}
+                          for h, c in self.heads.items()}}
+
+    def check_heads(self, heads: list[str] | None) -> list[str]:
+        unknown = [h for h in heads or [] if h not in self.heads]
+        if unknown:
+            raise HeadsmithError(f"unknown head {unknown[0]!r}: model '{self.name}' has {', '.join(self.heads)}")
+        return list(heads or self.heads)
+
+    def answers(self, scores: dict[str, np.ndarray], heads: list[str] | None = None) -> list[dict]:
+        """Per input: {head: {"decision": CLASS or None, "classes": [{class, score, threshold, flagged}, ...]}}."""
+        heads = self.check_heads(heads)
+        count = len(next(iter(scores.values())))
+        answers: list[dict] = [{} for _ in range(count)]
+        for head in heads:
+            classes, thresholds = self.heads[head], self.thresholds[head]
+            values = np.asarray(scores[head])
+            flagged, decided = decide(values, thresholds)
+            for i, answer in enumerate(answers):
+                answer[head] = {
+                    "decision": classes[decided[i]] if decided[i] is not None else None,
+                    "classes": [{"class": c, "score": float(values[i, k]), "threshold": thresholds[k],
+                                 "flagged": bool(flagged[i, k])} for k, c in enumerate(classes)],
+                }
+        return answers
+
+
 class Predictor:
     """One model package, loaded once. `predict` answers raw inputs; `scores` gives the bare probabilities."""
 
@@ -23,20 +64,13 @@ class Predictor:
                  batch_size: int = 64):
         self.package = Path(package)
         self.net = load_model(self.package)
-        self.kind = self.net.backbone.kind  # "text" or "image"
-        self.name, self.version = name or self.package.name, version
+        self.card = ModelCard(self.net.meta, name or self.package.name, version)
+        self.name, self.version, self.kind = self.card.name, version, self.card.kind
         self.batch_size = batch_size
         self.fetcher = MediaFetcher()
 
-    @property
-    def heads(self) -> dict[str, list[str]]:
-        return self.net.classes
-
     def describe(self) -> dict:
-        return {"name": self.name, "version": self.version, "kind": self.kind, "path": str(self.package),
-                "heads": {h: {"classes": c, "thresholds": {k: (v or {}).get("threshold") for k, v in
-                                                           (self.net.thresholds.get(h) or {}).items()}}
-                          for h, c in self.heads.items()}}
+        return {**self.card.describe(), "path": str(self.package)}
 
     def load_images(self, refs: list) -> list[Image.Image]:
         """Images from PIL images, bytes, local paths or URLs (file://, http(s)://), checked like imported ones."""
@@ -58,7 +92,7 @@ class Predictor:
             inputs = self.load_images(inputs)
         elif not all(isinstance(x, str) for x in inputs):
             raise HeadsmithError(f"model '{self.name}' reads texts, not images or bytes")
-        parts: dict[str, list[np.ndarray]] = {h: [] for h in self.heads}
+        parts: dict[str, list[np.ndarray]] = {h: [] for h in self.card.heads}
         for start in range(0, len(inputs), self.batch_size):
             logits = self.net(self.net.backbone.preprocess(inputs[start:start + self.batch_size]))
             for head, values in logits.items():
@@ -67,23 +101,8 @@ class Predictor:
 
     def predict(self, inputs: list, heads: list[str] | None = None) -> list[dict]:
         """Per input: {head: {"decision": CLASS or None, "classes": [{class, score, threshold, flagged}, ...]}}."""
-        unknown = [h for h in heads or [] if h not in self.heads]
-        if unknown:
-            raise HeadsmithError(f"unknown head {unknown[0]!r}: model '{self.name}' has {', '.join(self.heads)}")
-        scores = self.scores(list(inputs))
-        answers: list[dict] = [{} for _ in range(len(inputs))]
-        for head in heads or list(self.heads):
-            classes = self.heads[head]
-            chosen = self.net.thresholds.get(head) or {}
-            thresholds = [(chosen.get(c) or {}).get("threshold") for c in classes]
-            flagged, decided = decide(scores[head], thresholds)
-            for i, answer in enumerate(answers):
-                answer[head] = {
-                    "decision": classes[decided[i]] if decided[i] is not None else None,
-                    "classes": [{"class": c, "score": float(scores[head][i, k]), "threshold": thresholds[k],
-                                 "flagged": bool(flagged[i, k])} for k, c in enumerate(classes)],
-                }
-        return answers
+        heads = self.card.check_heads(heads)  # before any model work
+        return self.card.answers(self.scores(list(inputs)), heads)
 
 
 def open_predictor(workspace, ref: str) -> Predictor:
