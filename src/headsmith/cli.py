@@ -25,7 +25,12 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(recipe_app, name="recipe")
 model_app = typer.Typer(help="The model registry: named, versioned model packages.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Deployments: BentoML services of registered models, with API keys.",
+                         no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of a deployment: shown once, stored as hashes.", no_args_is_help=True)
+deploy_app.add_typer(keys_app, name="keys")
 app.add_typer(model_app, name="model")
+app.add_typer(deploy_app, name="deploy")
 
 
 def user_errors(command):
@@ -575,6 +580,116 @@ def compare_command(a: Annotated[str, typer.Argument(help="a run folder, evaluat
         console.print(view)
     out = out or workspace.root / "compare" / f"{datetime.now():%Y%m%d-%H%M%S}"
     console.print(f"compare page: {save_comparison(result, out)}", highlight=False)
+
+
+@deploy_app.command("create")
+@user_errors
+def deploy_create(name: Annotated[str, typer.Argument(help="the deployment's name, e.g. production or canary")],
+                  model: Annotated[str, typer.Option(help="NAME[:VERSION] (registered), or a package folder")],
+                  max_batch_size: Annotated[int, typer.Option(help="adaptive batching: most inputs per "
+                                                                   "forward pass")] = 32,
+                  max_latency_ms: Annotated[int, typer.Option(help="adaptive batching: longest wait for a "
+                                                                   "batch")] = 100,
+                  max_inputs: Annotated[int, typer.Option(help="most inputs in one request")] = 64,
+                  max_text_chars: Annotated[int, typer.Option(help="longest text accepted")] = 10_000,
+                  allow_urls: Annotated[bool, typer.Option(help="fetch image URLs (public addresses only)")] = False):
+    """Put the model in BentoML's model store, build its Bento, and record the deployment."""
+    from headsmith.serving.deploy import create_deployment
+    from headsmith.workspace import Workspace
+
+    d = create_deployment(Workspace(), name, model, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
+                          max_inputs=max_inputs, max_text_chars=max_text_chars, allow_urls=allow_urls)
+    console.print(f"deployment {name}: model {d['model']} (BentoML model {d['bentoml_model']}), Bento {d['bento']}",
+                  highlight=False)
+    console.print(f"next: headsmith deploy keys create {name}; headsmith deploy serve {name} --port 3000",
+                  highlight=False)
+
+
+@deploy_app.command("serve")
+@user_errors
+def deploy_serve(name: str, port: Annotated[int, typer.Option(help="port to listen on")] = 3000,
+                 host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] =
+                 "127.0.0.1"):
+    """Start the deployment with `bentoml serve` in the background and wait until it is ready."""
+    from headsmith.serving.deploy import serve_deployment
+    from headsmith.workspace import Workspace
+
+    d = serve_deployment(Workspace(), name, port=port, host=host)
+    console.print(f"deployment {name} ({d['model']}) ready at {d['url']} (pid {d['pid']}); API docs at "
+                  f"{d['url']}/docs.json; headsmith deploy stop {name} stops it", highlight=False)
+
+
+@deploy_app.command("list")
+@user_errors
+def deploy_list():
+    """Every deployment: model, Bento, status, URL, active keys."""
+    from headsmith.serving.deploy import list_deployments
+    from headsmith.workspace import Workspace
+
+    view = Table("deployment", "model", "bento", "status", "url", "keys", "created")
+    for d in list_deployments(Workspace()):
+        view.add_row(d["name"], d["model"], d["bento"], d["status"], d["url"] or "", str(d["keys"]), d["created_at"])
+    console.print(view)
+
+
+@deploy_app.command("stop")
+@user_errors
+def deploy_stop(name: str):
+    """Stop a running deployment."""
+    from headsmith.serving.deploy import stop_deployment
+    from headsmith.workspace import Workspace
+
+    console.print(f"deployment {name}: " + ("stopped" if stop_deployment(Workspace(), name) else "was not running"))
+
+
+@deploy_app.command("delete")
+@user_errors
+def deploy_delete(name: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = False):
+    """Stop a deployment and delete its Bento, keys and record (the model stays registered)."""
+    from headsmith.serving.deploy import delete_deployment
+    from headsmith.workspace import Workspace
+
+    if not yes and not typer.confirm(f"delete deployment {name} and its keys?"):
+        raise HeadsmithError("not deleted")
+    delete_deployment(Workspace(), name)
+    console.print(f"deployment {name} deleted")
+
+
+@keys_app.command("create")
+@user_errors
+def keys_create(deployment: str, label: Annotated[str, typer.Option(help="who or what the key is for")] = ""):
+    """A new API key for the deployment, shown this once (only its hash is kept)."""
+    from headsmith.serving.deploy import create_key
+    from headsmith.workspace import Workspace
+
+    key, key_id = create_key(Workspace(), deployment, label)
+    console.print(f"key {key_id} for deployment {deployment} (shown once; send it as `Authorization: Bearer KEY`):",
+                  highlight=False)
+    print(key)
+
+
+@keys_app.command("list")
+@user_errors
+def keys_list(deployment: str):
+    """The deployment's keys: id, label, when created and revoked (never the keys)."""
+    from headsmith.serving.deploy import list_keys
+    from headsmith.workspace import Workspace
+
+    view = Table("key id", "label", "created", "revoked")
+    for k in list_keys(Workspace(), deployment):
+        view.add_row(k["key_id"], k["label"], k["created_at"], k["revoked_at"] or "")
+    console.print(view)
+
+
+@keys_app.command("revoke")
+@user_errors
+def keys_revoke(deployment: str, key_id: str):
+    """Revoke a key: a running deployment refuses it from its next request."""
+    from headsmith.serving.deploy import revoke_key
+    from headsmith.workspace import Workspace
+
+    revoke_key(Workspace(), deployment, key_id)
+    console.print(f"key {key_id} of deployment {deployment} revoked")
 
 
 if __name__ == "__main__":

@@ -15,19 +15,20 @@ from headsmith.workspace import workspace_root
 RECIPES_ENV = "HEADSMITH_RECIPES"  # extra recipe folders, separated like PATH
 
 
-def _bundled(name: str) -> Path:
-    inside = Path(__file__).parent / name  # an installed wheel carries conf/ and recipes/ inside the package
-    return inside if inside.is_dir() else Path(__file__).resolve().parents[2] / name  # a source checkout
+def bundled(name: str) -> Path:
+    """conf/, recipes/, bentofile.yaml, requirements.lock: inside an installed wheel's package, or in a checkout."""
+    inside = Path(__file__).parent / name
+    return inside if inside.exists() else Path(__file__).resolve().parents[2] / name
 
 
 def config_dir() -> Path:
-    return _bundled("conf")
+    return bundled("conf")
 
 
 def recipe_dirs() -> list[Path]:
     """The bundled recipes first; a user's folders (HEADSMITH_RECIPES) after, so theirs win on equal names."""
     extra = [Path(p).expanduser().resolve() for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
-    return [_bundled("recipes"), *extra]
+    return [bundled("recipes"), *extra]
 
 
 def register_recipes() -> dict[str, Path]:

@@ -51,6 +51,23 @@ CREATE TABLE IF NOT EXISTS models (
     created_at TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS deployments (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,            -- NAME:VERSION (or the package folder) it serves
+    bentoml_model TEXT NOT NULL,    -- tag in BentoML's model store
+    bento TEXT NOT NULL,            -- tag of the built Bento
+    settings TEXT NOT NULL,         -- JSON: the Bento's arguments (batching, limits, URLs)
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deploy_keys (
+    deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+    key_id TEXT NOT NULL,           -- the first characters of the key's random part: safe to show
+    sha256 TEXT NOT NULL,           -- the key itself is never stored
+    label TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    revoked_at TEXT,
+    PRIMARY KEY (deployment, key_id)
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -86,6 +103,10 @@ class Workspace:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.root / "deployments"
 
     @property
     def catalog_path(self) -> Path:

@@ -77,6 +77,7 @@ class MediaFetcher:
     max_pixels: int = MAX_PIXELS
     concurrency: int = 16
     base_dir: Path | None = None  # relative local paths are read from here (the CSV's folder)
+    follow_redirects: bool = True  # a server fetching for others refuses them: a redirect could point inside
 
     def read(self, ref: str) -> bytes:
         """The bytes behind a URL or path, with retries on transient failures; ImageRejected says why not."""
@@ -126,7 +127,8 @@ class MediaFetcher:
     def _read_http(self, url: str) -> bytes:
         request = urllib.request.Request(url, headers={"User-Agent": "headsmith"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            opener = urllib.request.build_opener(*([] if self.follow_redirects else [_NoRedirect()]))
+            with opener.open(request, timeout=self.timeout) as response:
                 kind = response.headers.get_content_type()
                 if not (kind.startswith("image/") or kind == "application/octet-stream"):
                     raise _Final(FetchResult("not_an_image", f"the server sent {kind}, not an image"))
@@ -200,6 +202,11 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageRejected("corrupt", f"truncated or corrupt image: {e}") from None
     return image
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # urllib then raises the 3xx as an HTTPError
 
 
 class _Final(Exception):

@@ -1,0 +1,270 @@
+"""Deployments: a model in BentoML's model store, a Bento built for it, `bentoml serve` processes, API keys.
+
+Each workspace has its own BentoML home (`<workspace>/bentoml`), so models and Bentos stay with the workspace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import headsmith
+from headsmith.config import bundled
+from headsmith.data.dataset import check_name
+from headsmith.errors import HeadsmithError
+from headsmith.models.package import WEIGHTS_FILE
+from headsmith.models.registry import model_identity
+from headsmith.serving.auth import key_hash, new_key
+from headsmith.workspace import Workspace
+
+TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
+DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 100, "max_inputs": 64, "max_text_chars": 10_000,
+            "allow_urls": False}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def use_bentoml_home(workspace: Workspace) -> Path:
+    """Point BentoML at the workspace's store; set before bentoml is imported (it reads the variable once)."""
+    home = workspace.root / "bentoml"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_HOME"] = str(home)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    return home
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name.lower()).strip("-.") or "model"
+
+
+def store_model(workspace: Workspace, ref: str) -> tuple[str, str, int | None]:
+    """Copy a model package into BentoML's model store (safetensors and JSON: no pickle) once; its tag names the
+    registered version, or the weights' hash for a folder outside the registry."""
+    import bentoml
+
+    path, name, version = model_identity(workspace, ref)
+    if version is not None:
+        tag = f"headsmith-{_slug(name)}:v{version}"
+    else:
+        with open(path / WEIGHTS_FILE, "rb") as f:
+            tag = f"headsmith-{_slug(name)}:{hashlib.file_digest(f, 'sha256').hexdigest()[:16]}"
+    try:
+        bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        with bentoml.models.create(tag, labels={"headsmith_model": _slug(name), "version": str(version or "")},
+                                   metadata={"source": str(path)}) as model:
+            shutil.copytree(path, model.path, dirs_exist_ok=True)
+    return tag, name, version
+
+
+def _build_context(folder: Path) -> None:
+    """What a Bento carries: the headsmith package (no caches) and the pinned requirements."""
+    shutil.copytree(Path(headsmith.__file__).parent, folder / "headsmith",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(bundled("bentofile.yaml"), folder / "bentofile.yaml")
+    lock = bundled("requirements.lock")  # every version the tests ran with; torch is installed apart from it
+    (folder / "requirements.txt").write_text(TORCH + (lock.read_text() if lock.exists() else ""))
+
+
+def create_deployment(workspace: Workspace, name: str, model_ref: str, **settings) -> dict:
+    """Store the model, build its Bento, record the deployment. Refuses a name already in use."""
+    check_name(name, "deployment")
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise HeadsmithError(f"unknown deployment setting {unknown[0]} (settings: {', '.join(DEFAULTS)})")
+    with workspace.catalog() as db:
+        if db.execute("SELECT 1 FROM deployments WHERE name = ?", (name,)).fetchone():
+            raise HeadsmithError(f"deployment '{name}' exists: `headsmith deploy delete {name}` first, or pick "
+                                 "another name")
+    use_bentoml_home(workspace)
+    import bentoml
+
+    tag, model_name, version = store_model(workspace, model_ref)
+    settings = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    arguments = {"model": tag, "name": model_name, "version": version, **settings}
+    with tempfile.TemporaryDirectory(prefix="headsmith-bento-") as ctx:
+        _build_context(Path(ctx))
+        bento = bentoml.bentos.build_bentofile(str(Path(ctx) / "bentofile.yaml"), build_ctx=ctx,
+                                               name=f"headsmith-{_slug(name)}", args=arguments,
+                                               labels={"deployment": _slug(name)})
+    folder = workspace.deployments_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    model_label = f"{model_name}:{version}" if version is not None else model_name
+    with workspace.catalog() as db:
+        db.execute("INSERT INTO deployments (name, model, bentoml_model, bento, settings, created_at) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", (name, model_label, tag, str(bento.tag), json.dumps(arguments),
+                                                 _now()))
+    _write_keys(workspace, name)
+    return get_deployment(workspace, name)
+
+
+def get_deployment(workspace: Workspace, name: str) -> dict:
+    with workspace.catalog() as db:
+        row = db.execute("SELECT * FROM deployments WHERE name = ?", (name,)).fetchone()
+        known = [r["name"] for r in db.execute("SELECT name FROM deployments ORDER BY name")]
+    if row is None:
+        raise HeadsmithError(f"no deployment '{name}'" + (f" (deployments: {', '.join(known)})" if known else
+                                                          ": create one with headsmith deploy create NAME --model M"))
+    return {**dict(row), "settings": json.loads(row["settings"]), **_process(workspace, name)}
+
+
+def list_deployments(workspace: Workspace) -> list[dict]:
+    with workspace.catalog() as db:
+        names = [r["name"] for r in db.execute("SELECT name FROM deployments ORDER BY name")]
+        keys = {r["deployment"]: r["n"] for r in db.execute(
+            "SELECT deployment, COUNT(*) AS n FROM deploy_keys WHERE revoked_at IS NULL GROUP BY deployment")}
+    return [{**get_deployment(workspace, n), "keys": keys.get(n, 0)} for n in names]
+
+
+# --- serving: one `bentoml serve` process per deployment, its pid and port kept beside its keys ---
+
+def _state_file(workspace: Workspace, name: str) -> Path:
+    return workspace.deployments_dir / name / "server.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _process(workspace: Workspace, name: str) -> dict:
+    path = _state_file(workspace, name)
+    if not path.is_file():
+        return {"status": "stopped", "url": None, "pid": None}
+    state = json.loads(path.read_text())
+    if not _alive(state["pid"]):
+        return {"status": "stopped", "url": None, "pid": None}
+    return {"status": "running", "url": state["url"], "pid": state["pid"]}
+
+
+def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: str = "127.0.0.1",
+                     wait: float = 300) -> dict:
+    """Start `bentoml serve BENTO` in the background (its log in the deployment's folder) and wait until it is
+    ready to answer."""
+    deployment = get_deployment(workspace, name)
+    if deployment["status"] == "running":
+        raise HeadsmithError(f"deployment '{name}' is already running at {deployment['url']}")
+    folder = workspace.deployments_dir / name
+    env = {**os.environ, "BENTOML_HOME": str(use_bentoml_home(workspace)),
+           "HEADSMITH_KEYS_FILE": str(folder / "keys.json"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    bentoml_cli = Path(sys.executable).with_name("bentoml")
+    log = open(folder / "server.log", "ab")
+    process = subprocess.Popen([str(bentoml_cli), "serve", deployment["bento"], "--host", host, "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://{host}:{port}"
+    _state_file(workspace, name).write_text(json.dumps({"pid": process.pid, "url": url, "started_at": _now()}))
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _state_file(workspace, name).unlink(missing_ok=True)
+            tail = (folder / "server.log").read_text(errors="replace")[-2000:]
+            raise HeadsmithError(f"deployment '{name}' stopped while starting (exit {process.returncode}); "
+                                 f"the end of {folder / 'server.log'}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return get_deployment(workspace, name)
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stop_deployment(workspace, name)
+    raise HeadsmithError(f"deployment '{name}' was not ready within {wait:.0f} s; see {folder / 'server.log'}")
+
+
+def stop_deployment(workspace: Workspace, name: str) -> bool:
+    """Stop the deployment's server (its whole process group: BentoML starts one process per service)."""
+    get_deployment(workspace, name)
+    path = _state_file(workspace, name)
+    if not path.is_file():
+        return False
+    pid = json.loads(path.read_text())["pid"]
+    stopped = False
+    if _alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not _alive(pid):
+                break
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        stopped = True
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def delete_deployment(workspace: Workspace, name: str) -> None:
+    """Stop it, delete its Bento and record; the model stays in BentoML's store for other deployments."""
+    deployment = get_deployment(workspace, name)
+    stop_deployment(workspace, name)
+    use_bentoml_home(workspace)
+    import bentoml
+
+    try:
+        bentoml.bentos.delete(deployment["bento"])
+    except bentoml.exceptions.NotFound:
+        pass
+    with workspace.catalog() as db:
+        db.execute("DELETE FROM deployments WHERE name = ?", (name,))
+    shutil.rmtree(workspace.deployments_dir / name, ignore_errors=True)
+
+
+# --- API keys ---
+
+def _write_keys(workspace: Workspace, name: str) -> None:
+    """keys.json beside the deployment: hashes only; a running server re-reads it when it changes."""
+    with workspace.catalog() as db:
+        keys = [dict(r) for r in db.execute("SELECT key_id, sha256, revoked_at FROM deploy_keys WHERE deployment = ?",
+                                            (name,))]
+    folder = workspace.deployments_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "keys.json.tmp"
+    tmp.write_text(json.dumps(keys))
+    tmp.replace(folder / "keys.json")
+
+
+def create_key(workspace: Workspace, name: str, label: str = "") -> tuple[str, str]:
+    """A new key for the deployment: returned once, stored as its hash."""
+    get_deployment(workspace, name)
+    key, key_id = new_key()
+    with workspace.catalog() as db:
+        db.execute("INSERT INTO deploy_keys (deployment, key_id, sha256, label, created_at) VALUES (?, ?, ?, ?, ?)",
+                   (name, key_id, key_hash(key), label, _now()))
+    _write_keys(workspace, name)
+    return key, key_id
+
+
+def list_keys(workspace: Workspace, name: str) -> list[dict]:
+    get_deployment(workspace, name)
+    with workspace.catalog() as db:
+        return [dict(r) for r in db.execute("SELECT key_id, label, created_at, revoked_at FROM deploy_keys "
+                                            "WHERE deployment = ? ORDER BY created_at", (name,))]
+
+
+def revoke_key(workspace: Workspace, name: str, key_id: str) -> None:
+    get_deployment(workspace, name)
+    with workspace.catalog() as db:
+        done = db.execute("UPDATE deploy_keys SET revoked_at = ? WHERE deployment = ? AND key_id = ? AND revoked_at "
+                          "IS NULL", (_now(), name, key_id)).rowcount
+    if not done:
+        raise HeadsmithError(f"deployment '{name}' has no active key '{key_id}' (headsmith deploy keys list {name})")
+    _write_keys(workspace, name)

@@ -1,0 +1,151 @@
+"""The BentoML service of a deployment: HTTP, input checks and API keys over headsmith's predictor.
+
+Two services in one Bento: `Moderation` is the public API (it checks every input and shapes the answers from the
+model card, so a bad request never reaches the model); `Scorer` holds the weights behind one batchable method, so
+BentoML's adaptive batching merges concurrent requests into one forward pass. Arguments are fixed when the Bento is
+built (`headsmith deploy create`) and can be overridden at serve time (`bentoml serve BENTO --arg key=value`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+from pydantic import BaseModel
+
+from headsmith.data.media import MAX_PIXELS, ImageRejected, MediaFetcher, open_image
+from headsmith.errors import HeadsmithError
+from headsmith.models.package import read_meta
+from headsmith.predictor import ModelCard, Predictor
+from headsmith.serving.auth import APIKeyMiddleware
+from headsmith.serving.urls import check_public_url
+
+
+class ServiceArgs(BaseModel):
+    model: str                      # the BentoML model tag holding the model package
+    name: str                       # the model's name and version, as answers report them
+    version: int | None = None
+    max_batch_size: int = 32        # adaptive batching: most inputs in one forward pass
+    max_latency_ms: int = 100       # and the longest a request may wait for its batch
+    max_inputs: int = 64            # per request
+    max_text_chars: int = 10_000    # per text
+    max_pixels: int = MAX_PIXELS    # per image, checked from the header before decoding
+    allow_urls: bool = False        # fetch image URLs (public addresses only)
+
+
+args = bentoml.use_arguments(ServiceArgs)
+
+
+def _bad(message: str) -> InvalidArgument:
+    return InvalidArgument(message)  # HTTP 400 with the message
+
+
+@bentoml.service(name="headsmith-scorer", workers=1)
+class Scorer:
+    """The weights: texts, or checked image bytes (base64), in; softmax scores per head out."""
+
+    model = bentoml.models.BentoModel(args.model)
+
+    def __init__(self) -> None:
+        self.predictor = Predictor(self.model.path, name=args.name, version=args.version)
+
+    @bentoml.api(batchable=True, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms)
+    def scores(self, inputs: list[str]) -> list[dict[str, list[float]]]:
+        if self.predictor.kind == "image":
+            inputs = [base64.b64decode(x) for x in inputs]
+        scores = self.predictor.scores(inputs)
+        return [{h: v[i].tolist() for h, v in scores.items()} for i in range(len(inputs))]
+
+
+@bentoml.service(name="headsmith", workers=1)
+class Moderation:
+    """Classify texts or images: per head, per class scores beside the model's threshold decisions."""
+
+    scorer = bentoml.depends(Scorer)
+    model = bentoml.models.BentoModel(args.model)
+
+    def __init__(self) -> None:
+        self.card = ModelCard(read_meta(self.model.path), args.name, args.version)
+        self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False)
+
+    def _answer(self, inputs: list[str], heads: list[str] | None) -> dict:
+        try:
+            heads = self.card.check_heads(heads)
+        except HeadsmithError as e:
+            raise _bad(str(e)) from None
+        rows = self.scorer.scores(inputs)
+        scores = {h: np.array([r[h] for r in rows]) for h in self.card.heads}
+        return {"model": {"name": self.card.name, "version": self.card.version},
+                "results": self.card.answers(scores, heads)}
+
+    def _count(self, n: int) -> None:
+        if n == 0:
+            raise _bad("no inputs: send at least one")
+        if n > args.max_inputs:
+            raise _bad(f"{n} inputs in one request: at most {args.max_inputs} (split the request)")
+
+    def _kind(self, kind: str) -> None:
+        if self.card.kind != kind:
+            raise _bad(f"model {self.card.name} reads {self.card.kind}s: use /v1/classify/{self.card.kind}")
+
+    def _image(self, data: bytes, where: str) -> str:
+        try:
+            open_image(data, args.max_pixels)
+        except ImageRejected as e:
+            raise _bad(f"{where}: {e.detail}") from None
+        return base64.b64encode(data).decode()
+
+    @bentoml.api(route="/v1/classify/text")
+    def classify_text(self, texts: list[str], heads: list[str] | None = None) -> dict:
+        """Classify texts. `heads` limits the answer to some heads."""
+        self._kind("text")
+        self._count(len(texts))
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise _bad(f"texts[{i}] is empty")
+            if len(text) > args.max_text_chars:
+                raise _bad(f"texts[{i}] has {len(text):,} characters: at most {args.max_text_chars:,}")
+        return self._answer(texts, heads)
+
+    @bentoml.api(route="/v1/classify/image")
+    def classify_image(self, images: list[str] = [], urls: list[str] = [],  # noqa: B006 (pydantic copies)
+                       heads: list[str] | None = None) -> dict:
+        """Classify images sent as base64 strings (`images`), or fetched from `urls` when the deployment allows."""
+        self._kind("image")
+        self._count(len(images) + len(urls))
+        if urls and not args.allow_urls:
+            raise _bad("image URLs are not enabled for this deployment: send the images (base64 or multipart), or "
+                       "create the deployment with --allow-urls")
+        checked = []
+        for i, text in enumerate(images):
+            try:
+                data = base64.b64decode(text.split(",", 1)[-1], validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad(f"images[{i}] is not base64") from None
+            checked.append(self._image(data, f"images[{i}]"))
+        for i, url in enumerate(urls):
+            try:
+                check_public_url(url)
+                data = self.fetcher.read(url)
+            except HeadsmithError as e:
+                raise _bad(f"urls[{i}]: {e}") from None
+            checked.append(self._image(data, f"urls[{i}]"))
+        return self._answer(checked, heads)
+
+    @bentoml.api(route="/v1/classify/image/upload")
+    def classify_upload(self, files: list[Path], heads: list[str] | None = None) -> dict:
+        """Classify images uploaded as multipart/form-data files (field `files`)."""
+        self._kind("image")
+        self._count(len(files))
+        return self._answer([self._image(Path(f).read_bytes(), f"files[{i}]") for i, f in enumerate(files)], heads)
+
+    @bentoml.api(route="/v1/model")
+    def model_card(self) -> dict:
+        """The deployed model: name, version, heads, classes and thresholds."""
+        return self.card.describe()
+
+
+Moderation.add_asgi_middleware(APIKeyMiddleware)
