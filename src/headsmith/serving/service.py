@@ -81,9 +81,9 @@ class Moderation:
         return {"model": {"name": self.card.name, "version": self.card.version},
                 "results": self.card.answers(scores, heads)}
 
-    def _count(self, n: int) -> None:
+    def _count(self, n: int, fields: str) -> None:
         if n == 0:
-            raise _bad("no inputs: send at least one")
+            raise _bad(f"no inputs: send at least one in {fields}")
         if n > args.max_inputs:
             raise _bad(f"{n} inputs in one request: at most {args.max_inputs} (split the request)")
 
@@ -102,7 +102,7 @@ class Moderation:
     def classify_text(self, texts: list[str], heads: list[str] | None = None) -> dict:
         """Classify texts. `heads` limits the answer to some heads."""
         self._kind("text")
-        self._count(len(texts))
+        self._count(len(texts), "`texts`")
         for i, text in enumerate(texts):
             if not text.strip():
                 raise _bad(f"texts[{i}] is empty")
@@ -115,7 +115,7 @@ class Moderation:
                        heads: list[str] | None = None) -> dict:
         """Classify images sent as base64 strings (`images`), or fetched from `urls` when the deployment allows."""
         self._kind("image")
-        self._count(len(images) + len(urls))
+        self._count(len(images) + len(urls), "`images` (base64) or `urls`")
         if urls and not args.allow_urls:
             raise _bad("image URLs are not enabled for this deployment: send the images (base64 or multipart), or "
                        "create the deployment with --allow-urls")
@@ -139,7 +139,7 @@ class Moderation:
     def classify_upload(self, files: list[Path], heads: list[str] | None = None) -> dict:
         """Classify images uploaded as multipart/form-data files (field `files`)."""
         self._kind("image")
-        self._count(len(files))
+        self._count(len(files), "`files` (multipart)")
         return self._answer([self._image(Path(f).read_bytes(), f"files[{i}]") for i, f in enumerate(files)], heads)
 
     @bentoml.api(route="/v1/model")

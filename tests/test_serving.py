@@ -1,0 +1,231 @@
+"""Deployments as a user runs them: `headsmith deploy` builds real Bentos and starts real `bentoml serve` processes
+on 127.0.0.1; clients are bentoml.SyncHTTPClient and raw HTTP."""
+
+import base64
+import json
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from headsmith.config import compose_train_config
+from headsmith.training.train import train
+from headsmith.workspace import Workspace
+from conftest import run_cli, snapshot_csv
+from image_server import SAMPLES, decompression_bomb, fifty_megapixels
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployed:
+    """The deployments of one workspace, driven through the `headsmith` command."""
+
+    def __init__(self, home: Path):
+        self.home, self.env = home, {"HEADSMITH_HOME": str(home)}
+        self.urls: dict[str, str] = {}
+
+    def cli(self, *args: str, ok: bool = True):
+        result = run_cli(*args, env=self.env)
+        assert not ok or result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def create_and_serve(self, name: str, model: str, *options: str) -> tuple[str, str]:
+        self.cli("deploy", "create", name, "--model", model, *options)
+        key = self.cli("deploy", "keys", "create", name, "--label", "tests").stdout.strip().splitlines()[-1]
+        port = _free_port()
+        self.cli("deploy", "serve", name, "--port", str(port))
+        self.urls[name] = f"http://127.0.0.1:{port}"
+        return self.urls[name], key
+
+    def stop_all(self):
+        for name in self.urls:
+            self.cli("deploy", "stop", name, ok=False)
+
+
+def post(url: str, body, key: str | None = None, content_type: str = "application/json") -> tuple[int, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {key}"} if key else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def error_of(body) -> str:
+    return json.dumps(body)
+
+
+@pytest.fixture(scope="module")
+def text_deployments(tmp_path_factory, reviews, tiny_backbone):
+    """Two versions of a text model, each deployed and serving with its own key."""
+    home = tmp_path_factory.mktemp("serving")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSMITH_HOME", str(home))
+        sample = pd.concat([g.head(100) for _, g in reviews.groupby("sentiment")]).reset_index(drop=True)
+        sample.to_csv(home / "reviews.csv", index=False)
+        snapshot_csv(Workspace(home), home / "reviews.csv", "reviews", "text", {"sentiment": "sentiment"})
+        deployed = Deployed(home)
+        for version, epochs in ((1, 1), (2, 3)):
+            cfg = compose_train_config([f"paths.output_dir={home / f'run{version}'}", "trainer=cpu",
+                                        "trainer.enable_progress_bar=false", "backbone=hf_text",
+                                        f"backbone.pretrained={tiny_backbone}", "backbone.max_tokens=32",
+                                        f"trainer.max_epochs={epochs}", f"seed={version}", "dataset.snapshot=reviews"])
+            train(cfg)
+            deployed.cli("model", "register", str(home / f"run{version}"), "--name", "reviews-model")
+        production = deployed.create_and_serve("production", "reviews-model:1", "--max-inputs", "100")
+        canary = deployed.create_and_serve("canary", "reviews-model:2")
+    yield deployed, production, canary
+    deployed.stop_all()
+
+
+TEXTS = ["A gorgeous, moving film.", "Dull, lifeless and far too long.", "It has its moments."]
+
+
+def test_two_deployments_answer_at_once_with_their_own_keys_as_predict_does(text_deployments):
+    import bentoml
+
+    deployed, (prod_url, prod_key), (canary_url, canary_key) = text_deployments
+    answers = {}
+
+    def ask(name, url, key):
+        with bentoml.SyncHTTPClient(url, token=key) as client:
+            answers[name] = client.classify_text(texts=TEXTS)
+
+    threads = [threading.Thread(target=ask, args=a) for a in (("production", prod_url, prod_key),
+                                                             ("canary", canary_url, canary_key))]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    for name, version in (("production", 1), ("canary", 2)):
+        assert answers[name]["model"] == {"name": "reviews-model", "version": version}
+        predicted = json.loads(deployed.cli("predict", f"reviews-model:{version}", *TEXTS).stdout)["results"]
+        for served, local in zip(answers[name]["results"], predicted):
+            assert served["sentiment"]["decision"] == local["heads"]["sentiment"]["decision"]
+            for a, b in zip(served["sentiment"]["classes"], local["heads"]["sentiment"]["classes"]):
+                assert a["class"] == b["class"] and a["threshold"] == b["threshold"]
+                assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    assert answers["production"]["results"] != answers["canary"]["results"]  # two models, two answers
+    # a key belongs to its deployment
+    assert post(f"{canary_url}/v1/classify/text", {"texts": TEXTS}, prod_key)[0] == 401
+    listed = deployed.cli("deploy", "list").stdout
+    assert "production" in listed and "canary" in listed and listed.count("running") == 2
+
+
+def test_bad_requests_get_clear_4xx_and_the_server_keeps_answering(text_deployments):
+    _, (url, key), _ = text_deployments
+    endpoint = f"{url}/v1/classify/text"
+    cases = [
+        ({"texts": ["fine"]}, None, "application/json", 401, "missing or invalid API key"),
+        ({"texts": ["fine"]}, "hs_not-a-key", "application/json", 401, "missing or invalid API key"),
+        ({"texts": [" "]}, key, "application/json", 400, "texts[0] is empty"),
+        ({"texts": ["x" * 1_000_000]}, key, "application/json", 400, "1,000,000 characters: at most 10,000"),
+        (b"texts=fine", key, "text/plain", 400, "Invalid JSON"),
+        ({"text": "fine"}, key, "application/json", 400, "Field required"),
+        ({"texts": "fine"}, key, "application/json", 400, "Input should be a valid array"),
+        ({"texts": ["fine"], "heads": ["spam"]}, key, "application/json", 400, "unknown head 'spam'"),
+        ({"texts": ["fine"] * 1000}, key, "application/json", 400, "1000 inputs in one request: at most 100"),
+        ({"images": ["aGVsbG8="]}, key, "application/json", 400, "reads texts"),
+    ]
+    for body, with_key, content_type, status, message in cases:
+        target = f"{url}/v1/classify/image" if "images" in str(body)[:12] else endpoint
+        got, answer = post(target, body, with_key, content_type)
+        assert (got, message in error_of(answer)) == (status, True), (body if len(str(body)) < 200 else "...", answer)
+        assert post(endpoint, {"texts": ["still up"]}, key)[0] == 200
+
+
+def test_revoked_keys_stop_working_at_once_and_health_and_docs_are_open(text_deployments):
+    deployed, (url, _), _ = text_deployments
+    key = deployed.cli("deploy", "keys", "create", "production").stdout.strip().splitlines()[-1]
+    assert post(f"{url}/v1/classify/text", {"texts": ["ok"]}, key)[0] == 200
+    key_id = key.removeprefix("hs_")[:8]
+    assert key_id in deployed.cli("deploy", "keys", "list", "production").stdout
+    assert key not in (deployed.home / "catalog.sqlite").read_bytes().decode(errors="replace")  # hashes only
+    deployed.cli("deploy", "keys", "revoke", "production", key_id)
+    assert post(f"{url}/v1/classify/text", {"texts": ["ok"]}, key)[0] == 401
+    for path in ("/readyz", "/livez"):
+        with urllib.request.urlopen(url + path, timeout=10) as r:
+            assert r.status == 200
+    with urllib.request.urlopen(url + "/docs.json", timeout=10) as r:
+        paths = json.loads(r.read())["paths"]
+    assert {"/v1/classify/text", "/v1/classify/image", "/v1/classify/image/upload", "/v1/model"} <= set(paths)
+
+
+@pytest.fixture(scope="module")
+def image_deployment(tmp_path_factory):
+    """An image model (timm test network, random head: what is served, not how well) behind --allow-urls."""
+    import timm
+
+    from headsmith.models.backbones import image_backbone
+    from headsmith.models.heads import LinearHead
+    from headsmith.models.net import MultiHeadNet
+    from headsmith.models.package import save_package
+
+    home = tmp_path_factory.mktemp("serving-images")
+    torch.manual_seed(0)
+    weights = home / "net.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
+    backbone = image_backbone("timm:test_efficientnet", weights=str(weights), image_size=64, resize=64)
+    spec = {"_target_": "headsmith.models.heads.LinearHead", "in_dim": backbone.out_dim, "num_classes": 2}
+    net = MultiHeadNet(backbone, {"cat": LinearHead(backbone.out_dim, 2)}, {"cat": ["no", "yes"]}, {"cat": spec})
+    save_package(net, home / "cat-model", {"snapshots": {}, "metrics": {}})
+    deployed = Deployed(home)
+    deployed.cli("model", "register", str(home / "cat-model"), "--name", "cat")
+    served = deployed.create_and_serve("images", "cat:1", "--allow-urls")
+    yield deployed, served
+    deployed.stop_all()
+
+
+def test_images_by_upload_and_base64_and_every_bad_image_refused(image_deployment, image_server):
+    import bentoml
+
+    deployed, (url, key) = image_deployment
+    photo = SAMPLES / "chelsea.png"
+    local = json.loads(deployed.cli("predict", "cat", str(photo)).stdout)["results"][0]["heads"]["cat"]
+    with bentoml.SyncHTTPClient(url, token=key) as client:
+        uploaded = client.classify_upload(files=[photo])["results"][0]["cat"]
+    status, sent = post(f"{url}/v1/classify/image", {"images": [base64.b64encode(photo.read_bytes()).decode()]}, key)
+    assert status == 200
+    for answer in (uploaded, sent["results"][0]["cat"]):
+        assert [c["score"] for c in answer["classes"]] == pytest.approx([c["score"] for c in local["classes"]],
+                                                                        abs=1e-5)
+    endpoint = f"{url}/v1/classify/image"
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    truncated = (SAMPLES / "coffee.png").read_bytes()[:5000]
+    cases = [
+        ({"images": ["not base64!"]}, "images[0] is not base64"),
+        ({"images": [b64(b"just text")]}, "not an image Pillow can read"),
+        ({"images": [b64(truncated)]}, "truncated or corrupt image"),
+        ({"images": [b64(fifty_megapixels())]}, "over the 40 MP limit"),
+        ({"images": [b64(decompression_bomb())]}, "decompression bomb"),
+        ({"urls": [f"{image_server.url}/photo/chelsea.png"]}, "127.0.0.1, a private, loopback or reserved address"),
+        ({"urls": ["http://10.1.2.3/a.png"]}, "a private, loopback or reserved address"),
+        ({"urls": ["file:///etc/passwd"]}, "is not an http(s) URL"),
+        ({"texts": ["a text"]}, "no inputs: send at least one in `images` (base64) or `urls`"),
+    ]
+    for body, message in cases:
+        status, answer = post(endpoint, body, key)
+        assert (status, message in error_of(answer)) == (400, True), answer
+        assert post(endpoint, {"images": [b64(photo.read_bytes())]}, key)[0] == 200
+    assert post(f"{url}/v1/classify/text", {"texts": ["a text"]}, key)[0] == 400
+
+
+def test_the_bento_carries_exactly_the_picked_model_version(text_deployments):
+    import subprocess
+    import sys
+
+    deployed, _, _ = text_deployments
+    script = ("import bentoml, json; b = bentoml.get('headsmith-canary:latest'); "
+              "print(json.dumps([str(m.tag) for m in b.info.all_models]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "BENTOML_HOME": str(deployed.home / "bentoml")})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["headsmith-reviews-model:v2"], out.stderr
