@@ -589,7 +589,7 @@ def deploy_create(name: Annotated[str, typer.Argument(help="the deployment's nam
                   max_batch_size: Annotated[int, typer.Option(help="adaptive batching: most inputs per "
                                                                    "forward pass")] = 32,
                   max_latency_ms: Annotated[int, typer.Option(help="adaptive batching: longest wait for a "
-                                                                   "batch")] = 100,
+                                                                   "batch")] = 1000,
                   max_inputs: Annotated[int, typer.Option(help="most inputs in one request")] = 64,
                   max_text_chars: Annotated[int, typer.Option(help="longest text accepted")] = 10_000,
                   allow_urls: Annotated[bool, typer.Option(help="fetch image URLs (public addresses only)")] = False):

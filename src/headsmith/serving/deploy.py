@@ -27,7 +27,7 @@ from headsmith.serving.auth import key_hash, new_key
 from headsmith.workspace import Workspace
 
 TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
-DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 100, "max_inputs": 64, "max_text_chars": 10_000,
+DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 1000, "max_inputs": 64, "max_text_chars": 10_000,
             "allow_urls": False}
 
 

@@ -29,7 +29,7 @@ class ServiceArgs(BaseModel):
     name: str                       # the model's name and version, as answers report them
     version: int | None = None
     max_batch_size: int = 32        # adaptive batching: most inputs in one forward pass
-    max_latency_ms: int = 100       # and the longest a request may wait for its batch
+    max_latency_ms: int = 1000      # and the longest a request may wait for its batch (then: 503, overloaded)
     max_inputs: int = 64            # per request
     max_text_chars: int = 10_000    # per text
     max_pixels: int = MAX_PIXELS    # per image, checked from the header before decoding
@@ -43,7 +43,7 @@ def _bad(message: str) -> InvalidArgument:
     return InvalidArgument(message)  # HTTP 400 with the message
 
 
-@bentoml.service(name="headsmith-scorer", workers=1)
+@bentoml.service(name="headsmith-scorer", workers=1, logging={"access": {"enabled": False}})  # internal calls
 class Scorer:
     """The weights: texts, or checked image bytes (base64), in; softmax scores per head out."""
 
@@ -60,7 +60,8 @@ class Scorer:
         return [{h: v[i].tolist() for h, v in scores.items()} for i in range(len(inputs))]
 
 
-@bentoml.service(name="headsmith", workers=1)
+# Sync handlers mostly wait for the scorer: many threads let concurrent requests reach it together, to be batched.
+@bentoml.service(name="headsmith", workers=1, threads=64)
 class Moderation:
     """Classify texts or images: per head, per class scores beside the model's threshold decisions."""
 
@@ -76,10 +77,20 @@ class Moderation:
             heads = self.card.check_heads(heads)
         except HeadsmithError as e:
             raise _bad(str(e)) from None
-        rows = self.scorer.scores(inputs)
+        rows = self._scores(inputs)
         scores = {h: np.array([r[h] for r in rows]) for h in self.card.heads}
         return {"model": {"name": self.card.name, "version": self.card.version},
                 "results": self.card.answers(scores, heads)}
+
+    def _scores(self, inputs: list[str]) -> list[dict]:
+        """Scoring is idempotent, so a call lost to a dropped keep-alive connection between the two services (an
+        aiohttp race under load) is simply made again, once."""
+        import aiohttp
+
+        try:
+            return self.scorer.scores(inputs)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return self.scorer.scores(inputs)
 
     def _count(self, n: int, fields: str) -> None:
         if n == 0:
