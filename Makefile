@@ -9,7 +9,7 @@ DATA := $(or $(HEADSMITH_HOME),workspace)/data
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup browser demo test walkthrough-text walkthrough-vision
+.PHONY: setup browser demo test walkthrough-text walkthrough-vision deploy-text
 
 setup: $(STAMP)
 
@@ -64,3 +64,15 @@ walkthrough-vision: setup
 	$(HS) snapshot show faces-update >/dev/null 2>&1 || $(HS) snapshot create faces-update --name faces-update \
 	  --type image-classification --input image --label face=face
 	$(HS) train recipe=retrain-face
+
+# Issue 6's deployment: the text walkthrough's model (add-sentiment) registered, deployed as `production` (replacing
+# an earlier one) with a new API key, served on 127.0.0.1:3000 and asked once. `headsmith deploy stop production`.
+RUNS := $(or $(HEADSMITH_HOME),workspace)/runs
+deploy-text: walkthrough-text
+	$(HS) model register $$(ls -d $(RUNS)/add-sentiment/*/ | tail -n 1) --name add-sentiment
+	-$(HS) deploy delete production --yes 2>/dev/null
+	$(HS) deploy create production --model add-sentiment
+	$(HS) deploy serve production --port 3000
+	KEY=$$($(HS) deploy keys create production --label make | tail -n 1) && \
+	  curl -sS -X POST http://127.0.0.1:3000/v1/classify/text -H "Authorization: Bearer $$KEY" \
+	    -H 'Content-Type: application/json' -d '{"texts": ["A warm, funny and wise film."]}' && echo

@@ -174,6 +174,11 @@ def test_cli_import_needs_confirmation_without_a_terminal(workspace, reviews_csv
     assert list_datasets(workspace) == []
     typed = run_cli("dataset", "import", str(reviews_csv), "--name", "r", "--yes", "--column", "movie=ignore")
     assert typed.returncode == 0 and get_dataset(workspace, "r").column("movie").type == "ignore"
+    # the same command again (a re-run make target): the same file and types resume instead of failing
+    again = run_cli("dataset", "import", str(reviews_csv), "--name", "r", "--yes", "--column", "movie=ignore")
+    assert again.returncode == 0 and "imported from this file already" in again.stdout
+    other = run_cli("dataset", "import", str(reviews_csv), "--name", "r", "--yes", "--column", "movie=text")
+    assert other.returncode == 2 and "a dataset named 'r' already exists" in other.stdout
 
 
 def test_kill_during_import_then_resume_2000_rows(workspace, tmp_path, image_server):

@@ -241,12 +241,14 @@ def dataset_import(
         existing = get_dataset(workspace, name)
     except DatasetError:
         existing = None
-    if existing and existing.source_sha256 == file_sha256(file) and not column:
+    overrides = _parse_columns(column or [])
+    same_types = existing and all({c.name: c.type for c in existing.columns}.get(k) == v for k, v in overrides.items())
+    if existing and existing.source_sha256 == file_sha256(file) and same_types:
         console.print(f"dataset '{name}' was imported from this file already: fetching what is still missing")
         _print_media(fetch_media(workspace, name, _fetcher(concurrency, timeout, retries)), name)
         return
     table = read_table(file, encoding=encoding)
-    columns = infer_columns(table, _parse_columns(column or []))
+    columns = infer_columns(table, overrides)
     _print_columns(table, columns)
     if not yes:
         if not sys.stdin.isatty():
