@@ -151,3 +151,23 @@ def save_screenshot(driver, name: str) -> Path:
     path = ARTIFACTS / name
     driver.save_screenshot(str(path))
     return path
+
+
+def small_image_model(folder: Path) -> Path:
+    """A model package with a one-head classifier (`cat`: no/yes) on timm's small test network, random weights
+    saved and loaded as a user's local weights would be: for what serving pages do, not how well the model does."""
+    import timm
+    import torch
+
+    from headsmith.models.backbones import image_backbone
+    from headsmith.models.heads import LinearHead
+    from headsmith.models.net import MultiHeadNet
+    from headsmith.models.package import save_package
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(timm.create_model("test_efficientnet").state_dict(), folder / "net.pth")
+    backbone = image_backbone("timm:test_efficientnet", weights=str(folder / "net.pth"), image_size=64, resize=64)
+    spec = {"_target_": "headsmith.models.heads.LinearHead", "in_dim": backbone.out_dim, "num_classes": 2}
+    net = MultiHeadNet(backbone, {"cat": LinearHead(backbone.out_dim, 2)}, {"cat": ["no", "yes"]}, {"cat": spec})
+    return save_package(net, folder / "cat-model", {"snapshots": {}, "metrics": {}})

@@ -7,17 +7,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from headsmith.models.backbones import image_backbone
-from headsmith.models.heads import LinearHead
-from headsmith.models.net import MultiHeadNet
-from headsmith.models.package import save_package
 from headsmith.predictor import Predictor
 from headsmith.training.train import train
-from conftest import HEADSMITH, console_errors, save_screenshot
+from conftest import HEADSMITH, console_errors, save_screenshot, small_image_model
 from image_server import SAMPLES
 
 
@@ -84,15 +79,7 @@ def test_text_playground_side_by_side_with_a_second_model(compose, reviews_snaps
 
 
 def test_image_playground_scores_an_uploaded_image(tmp_path, browser):
-    import timm
-
-    torch.manual_seed(0)
-    weights = tmp_path / "net.pth"
-    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
-    backbone = image_backbone("timm:test_efficientnet", weights=str(weights), image_size=64, resize=64)
-    head = {"_target_": "headsmith.models.heads.LinearHead", "in_dim": backbone.out_dim, "num_classes": 2}
-    net = MultiHeadNet(backbone, {"cat": LinearHead(backbone.out_dim, 2)}, {"cat": ["no", "yes"]}, {"cat": head})
-    package = save_package(net, tmp_path / "image-model", {"snapshots": {}, "metrics": {}})
+    package = small_image_model(tmp_path)
     server = PlaygroundProcess(str(package))
     try:
         browser.get(server.url)

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from headsmith.config import compose_train_config
 from headsmith.training.train import train
 from headsmith.workspace import Workspace
-from conftest import run_cli, snapshot_csv
+from conftest import run_cli, small_image_model, snapshot_csv
 from image_server import SAMPLES, decompression_bomb, fifty_megapixels
 
 
@@ -163,23 +162,9 @@ def test_revoked_keys_stop_working_at_once_and_health_and_docs_are_open(text_dep
 @pytest.fixture(scope="module")
 def image_deployment(tmp_path_factory):
     """An image model (timm test network, random head: what is served, not how well) behind --allow-urls."""
-    import timm
-
-    from headsmith.models.backbones import image_backbone
-    from headsmith.models.heads import LinearHead
-    from headsmith.models.net import MultiHeadNet
-    from headsmith.models.package import save_package
-
     home = tmp_path_factory.mktemp("serving-images")
-    torch.manual_seed(0)
-    weights = home / "net.pth"
-    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
-    backbone = image_backbone("timm:test_efficientnet", weights=str(weights), image_size=64, resize=64)
-    spec = {"_target_": "headsmith.models.heads.LinearHead", "in_dim": backbone.out_dim, "num_classes": 2}
-    net = MultiHeadNet(backbone, {"cat": LinearHead(backbone.out_dim, 2)}, {"cat": ["no", "yes"]}, {"cat": spec})
-    save_package(net, home / "cat-model", {"snapshots": {}, "metrics": {}})
     deployed = Deployed(home)
-    deployed.cli("model", "register", str(home / "cat-model"), "--name", "cat")
+    deployed.cli("model", "register", str(small_image_model(home)), "--name", "cat")
     served = deployed.create_and_serve("images", "cat:1", "--allow-urls")
     yield deployed, served
     deployed.stop_all()
