@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from headsmith.data.snapshot import Snapshot, load_snapshot
 from headsmith.errors import HeadsmithError
@@ -91,6 +91,7 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.seed = seed
 
         self.features: dict[str, torch.Tensor] | None = None  # split -> precomputed embeddings, see use_features
         frame = self.snapshot.frame().rename_axis("position").reset_index()  # position: row in the snapshot
@@ -125,19 +126,30 @@ class SnapshotDataModule(pl.LightningDataModule):
                  else self.preprocess(self.snapshot.load_inputs(list(inputs)), train=train))
         return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
 
-    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+    def _loader(self, part: str) -> DataLoader:
         rows = LabelledRows(self.splits[part], self.classes, self.features[part] if self.features else None)
-        return DataLoader(rows, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=functools.partial(self._collate, train=part == "train"))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
+        if part == "train":
+            # The order depends on (seed, epoch) alone (Lightning calls set_epoch), so a resumed run sees what an
+            # uninterrupted one would; under DDP each rank takes its share.
+            sampler = DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        else:
+            # Every row once, also across ranks: Lightning's own sampler would repeat rows to even out the shares,
+            # and the repeated rows would count twice in the metrics.
+            sampler = range(rank, len(rows), world)
+        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=functools.partial(self._collate, train=part == "train"),
+                          generator=torch.Generator().manual_seed(self.seed))  # not the global RNG: dropout's
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self):
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def split_sizes(self) -> dict[str, int]:
         return {part: len(rows) for part, rows in self.splits.items()}

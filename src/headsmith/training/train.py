@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
@@ -26,6 +27,7 @@ from headsmith.models.package import load_model, save_package
 from headsmith.models.registry import resolve_model
 from headsmith.data.snapshot import load_snapshot
 from headsmith.training.base_model import build_from_base, regression_gate
+from headsmith.training.callbacks import EpochSeed
 from headsmith.training.embedding_cache import EmbeddingCache
 from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
@@ -53,7 +55,36 @@ def _instantiate_all(group) -> list:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
-def train(cfg: DictConfig) -> tuple[dict, dict]:
+def _last_checkpoint(run_dir: str) -> str:
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise HeadsmithError(f"resume={run_dir}: no checkpoint at {last} (the run stopped before its first epoch "
+                             "ended, or is not a training run folder); start it again without resume=")
+    return str(last)
+
+
+def _set_csv_history_aside(trainer: pl.Trainer) -> dict[Path, Path]:
+    """Lightning's CSV logger starts its file afresh: keep what a resumed run logged before it stopped."""
+    aside = {}
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.CSVLogger) and (Path(logger.log_dir) / "metrics.csv").is_file():
+            current = Path(logger.log_dir) / "metrics.csv"
+            aside[current] = current.rename(current.with_name("metrics.before-resume.csv"))
+    return aside
+
+
+def _restore_csv_history(aside: dict[Path, Path], checkpoint_epoch: int | None) -> None:
+    """One metrics.csv again: the rows up to the checkpoint the run resumed from, then the resumed run's."""
+    for current, before in aside.items():
+        old = pd.read_csv(before)
+        pd.concat([old[old["epoch"] <= checkpoint_epoch], pd.read_csv(current)]).to_csv(current, index=False)
+        before.unlink()
+
+
+def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dict, dict]:
+    """`extra_callbacks` join the config's own (a sweep's pruning, for one)."""
+    if cfg.get("resume"):
+        _last_checkpoint(cfg.resume)  # before any weight is loaded
     workspace = Workspace(cfg.paths.workspace)
     validate_config(cfg, workspace)  # every config mistake, before any weight is loaded
     pl.seed_everything(cfg.seed, workers=True)
@@ -91,10 +122,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         class_weights=datamodule.class_weights() if cfg.class_weights == "balanced" else None,
         teacher=teacher, kept_heads=kept, distillation=cfg.distillation,
     )
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), EpochSeed(cfg.seed), *extra_callbacks]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                       logger=_instantiate_all(cfg.get("logger")) or False,
                                       default_root_dir=str(output_dir))
-    trainer.fit(model, datamodule=datamodule)
+    resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None
+    csv_history = _set_csv_history_aside(trainer) if resume_from else {}
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
 
     # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -145,6 +179,8 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         metrics["regression_gate"] = regression_gate(base, net, golden, kept, cfg.regression_gate.max_f1_drop,
                                                      features_of)  # a frozen backbone is the base's: same embeddings
         lineage["regression_gate"] = metrics["regression_gate"]
+    _restore_csv_history(csv_history, torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"]
+                         if resume_from else None)
     package = save_package(net, output_dir / "model", lineage)
     metrics["model"] = str(package)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -165,11 +201,33 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics["selection"]["best_score"]  # what a Hydra sweeper optimizes
 
 
+def resume_overrides(args: list[str]) -> list[str]:
+    """`resume=RUN_DIR [key=value ...]`: the run's own overrides again, in its own folder, then any given now (a
+    larger trainer.max_epochs, say)."""
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume:
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        raise HeadsmithError("resume= continues one run: drop -m")
+    run_dir = Path(resume[-1].split("=", 1)[1]).expanduser().resolve()
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise HeadsmithError(f"resume={run_dir}: not a training run folder (no {saved})")
+    before = [o for o in OmegaConf.load(saved) if not o.startswith("resume=")]
+    now = [a for a in args if not a.startswith("resume=")]
+    return [*before, *now, f"resume={run_dir}", f'hydra.run.dir="{run_dir}"']
+
+
 def main(argv: list[str] | None = None) -> None:
     """`headsmith train [recipe=NAME] [key=value ...] [-m]`: Hydra's own command line, recipes registered first."""
     register_resolvers()
     register_recipes()
     if argv is not None:
+        try:
+            argv = resume_overrides(argv)
+        except HeadsmithError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise SystemExit(2) from None
         # Hydra's parser takes overrides on one side of -m only; accept them on both, as users write them.
         sweep = [a for a in argv if a in ("-m", "--multirun")]
         sys.argv = ["headsmith train", *sweep, *(a for a in argv if a not in sweep)]
