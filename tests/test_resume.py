@@ -24,7 +24,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_best_checkpoint(workspace, r
     assert straight.returncode == 0, straight.stdout + straight.stderr
 
     # 168 training rows in batches of 32: 6 steps an epoch, so step 15 is the middle of the third epoch.
-    crash = ["+callbacks.kill._target_=crash.KillAtStep", "+callbacks.kill.step=15"]
+    crash = ["+callbacks.kill._target_=plugins.KillAtStep", "+callbacks.kill.step=15"]
     killed = run_cli("train", *recipe, *crash, "name=killed", env={"PYTHONPATH": TESTS})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     [run_dir] = (workspace.runs_dir / "killed").iterdir()

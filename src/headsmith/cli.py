@@ -53,6 +53,17 @@ def train(ctx: typer.Context):
     main(list(ctx.args))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def tune(ctx: typer.Context):
+    """Bayesian search with Optuna: `headsmith tune recipe=sentiment tune.trials=12
+    'optimizer.lr=tag(log, interval(1e-4, 1e-1))' head=mlp 'head.hidden=choice(64, 128, 256)'`. Writes each
+    trial's run, trials.csv, tune.png and the best trial as a recipe."""
+    from headsmith.training.tune import main
+
+    main(list(ctx.args))
+
+
 @app.command("example-data")
 @user_errors
 def example_data(name: Annotated[str, typer.Argument(help="rotten-tomatoes")],

@@ -10,7 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from headsmith.training.selection import monitor_key
-from headsmith.workspace import workspace_root
+from headsmith.workspace import Workspace, workspace_root
 
 RECIPES_ENV = "HEADSMITH_RECIPES"  # extra recipe folders, separated like PATH
 
@@ -26,9 +26,10 @@ def config_dir() -> Path:
 
 
 def recipe_dirs() -> list[Path]:
-    """The bundled recipes first; a user's folders (HEADSMITH_RECIPES) after, so theirs win on equal names."""
+    """The bundled recipes first, then the workspace's (`headsmith tune` writes there), then a user's folders
+    (HEADSMITH_RECIPES): later ones win on equal names."""
     extra = [Path(p).expanduser().resolve() for p in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if p]
-    return [bundled("recipes"), *extra]
+    return [bundled("recipes"), Workspace().recipes_dir, *extra]
 
 
 def register_recipes() -> dict[str, Path]:
@@ -57,9 +58,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(name, fn, replace=True)
 
 
-def compose_train_config(overrides: list[str]) -> DictConfig:
+def compose_train_config(overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     """The config `headsmith train` would run with, outside a Hydra app (set paths.output_dir to use it)."""
     register_resolvers()
     register_recipes()
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="headsmith"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=overrides, return_hydra_config=return_hydra_config)

@@ -105,6 +105,10 @@ class Workspace:
         return self.root / "runs"
 
     @property
+    def recipes_dir(self) -> Path:
+        return self.root / "recipes"
+
+    @property
     def deployments_dir(self) -> Path:
         return self.root / "deployments"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -64,4 +65,21 @@ def save_compare_png(result: dict, path: Path) -> Path:
     axes.set_xticks(list(positions), names, rotation=45, ha="right", fontsize=8)
     axes.set(ylim=(0, 1), ylabel="F1", title="F1 per head (macro) and class")
     axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+
+def save_tune_png(summary, monitor: str, maximize: bool, path: Path) -> Path:
+    """Each completed trial's objective in order, the best so far, and where trials were pruned."""
+    figure, axes = plt.subplots(figsize=(6.5, 4), dpi=110)
+    done = summary[summary["state"] == "complete"]
+    axes.plot(done["trial"], done["objective"], "o", label="completed")
+    best = done["objective"].cummax() if maximize else done["objective"].cummin()
+    axes.step(done["trial"], best, where="post", color="grey", alpha=0.6, label="best so far")
+    for i, trial in enumerate(summary.loc[summary["state"] == "pruned", "trial"]):
+        axes.axvline(trial, color="tab:red", alpha=0.25, linewidth=3, label="pruned" if i == 0 else None)
+    axes.set(xlabel="trial", ylabel=monitor, title="tune: objective per trial")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
     return _save(figure, path)

@@ -23,7 +23,8 @@ from headsmith.workspace import Workspace
 
 TOP_LEVEL = {"dataset", "backbone", "head", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
              "paths", "name", "seed", "class_weights",
-             "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds", "resume"}
+             "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds", "resume",
+             "tune"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
     "dataset": {"workspace", "preprocess"},
