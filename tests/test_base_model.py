@@ -21,7 +21,8 @@ TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a m
 @pytest.fixture
 def base(compose, reviews_snapshot, workspace, tmp_path):
     """A base model with two heads (sentiment, long), registered as `base`."""
-    metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base-run'}"))
+    metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base-run'}",
+                               "optimizer.lr=1e-2", "trainer.max_epochs=4"))
     assert register_model(workspace, tmp_path / "base-run", "base") == ("base", 1)
     return load_model(resolve_model(workspace, "base"))
 
@@ -111,13 +112,14 @@ def test_regression_gate_refuses_a_damaged_model(base, reviews_snapshot):
     intact = regression_gate(base, base, [reviews_snapshot], ["sentiment", "long"], max_f1_drop=0.01)
     assert intact["passed"] and {c["drop"] for c in intact["checks"]} == {0.0}
     damaged = copy.deepcopy(base)
+    # `long` (is the review over 100 characters?) is what the tiny random backbone can learn.
     with torch.no_grad():  # swap the two classes' weights: the head now answers the opposite
-        damaged.heads["head_sentiment"][1].weight.copy_(damaged.heads["head_sentiment"][1].weight.flip(0))
-        damaged.heads["head_sentiment"][1].bias.copy_(damaged.heads["head_sentiment"][1].bias.flip(0))
+        damaged.heads["head_long"][1].weight.copy_(damaged.heads["head_long"][1].weight.flip(0))
+        damaged.heads["head_long"][1].bias.copy_(damaged.heads["head_long"][1].bias.flip(0))
     gate = regression_gate(base, damaged, [reviews_snapshot], ["sentiment", "long"], max_f1_drop=0.01)
-    check = next(c for c in gate["checks"] if c["head"] == "sentiment")
-    assert not gate["passed"] and check["drop"] > 0.01
-    assert gate["failures"] == [f"head 'sentiment' lost {check['drop']:.4f} macro F1 on snapshot 'reviews' "
+    check = next(c for c in gate["checks"] if c["head"] == "long")
+    assert check["base_f1"] > 0.75 and not gate["passed"] and check["drop"] > 0.3
+    assert gate["failures"] == [f"head 'long' lost {check['drop']:.4f} macro F1 on snapshot 'reviews' "
                                 f"({check['base_f1']:.4f} -> {check['f1']:.4f}), more than the allowed 0.0100"]
 
 

@@ -93,9 +93,9 @@ def evaluate_head(probabilities: np.ndarray, target: np.ndarray, classes: list[s
 
 def flatten(stage: str, head: str, summary: dict) -> dict[str, float]:
     """Log keys: `{stage}/{head}/{metric}` and `{stage}/{head}/{metric}/{class}`, as selection rules name them."""
-    flat = {f"{stage}/{head}/{m}": summary[m] for m in ("precision", "recall", "f1", "balanced_accuracy")}
+    flat = {f"{stage}/{head}/{m}": summary[m] for m in ("precision", "recall", "f1", "balanced_accuracy", "support")}
     for label, values in summary["classes"].items():
-        flat.update({f"{stage}/{head}/{m}/{label}": values[m] for m in PER_CLASS})
+        flat.update({f"{stage}/{head}/{m}/{label}": values[m] for m in (*PER_CLASS, "support")})
     return flat
 
 

@@ -65,10 +65,13 @@ class MultiHeadClassifier(pl.LightningModule):
             distillation = self._distill(logits, batch["inputs"], stage, size)  # on val: logged, and agreement
             if stage == "train":
                 loss = loss + distillation
+        # Held-out losses are averaged over every rank's rows at the epoch's end (one all-reduce under DDP).
+        held_out = stage in STAGES
         self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=stage != "test", on_epoch=True,
-                 on_step=stage == "train")
+                 on_step=stage == "train", sync_dist=held_out)
         for head, value in per_head.items():
-            self.log(f"{stage}/{head}/loss", value, batch_size=size, on_epoch=True, on_step=False)
+            self.log(f"{stage}/{head}/loss", value, batch_size=size, on_epoch=True, on_step=False,
+                     sync_dist=held_out)
         if stage in STAGES:
             for head, target in batch["labels"].items():
                 mask = target != UNLABELLED
@@ -108,11 +111,18 @@ class MultiHeadClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
 
+    def _summed_over_ranks(self, values: list[int]) -> list[int]:
+        """Counts from every rank's rows (DDP); the counts themselves on one process."""
+        return self.trainer.strategy.reduce(torch.tensor(values, device=self.device), reduce_op="sum").tolist()
+
     def _end_epoch(self, stage: str) -> None:
         summaries = {}
-        for head in self.net.classes:
+        # A head without labels in this split has nothing to report; under DDP, "without labels" on every rank
+        # (computing syncs the ranks' states, so all of them must compute the same heads).
+        labelled = self._summed_over_ranks([int(h in self._updated[stage]) for h in self.net.classes])
+        for head, count in zip(self.net.classes, labelled):
             collection = self.metrics[stage][module_key(head)]
-            if head in self._updated[stage]:  # a head without labels in this split has nothing to report
+            if count:
                 summaries[head] = summarize(collection.compute(), self.net.classes[head])
             collection.reset()
         self._updated[stage].clear()
@@ -127,8 +137,10 @@ class MultiHeadClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         self._end_epoch("val")
-        if self._agree:
-            self.agreement = {h: n / total for h, (n, total) in self._agree.items()}
+        if self._teacher:
+            counts = self._summed_over_ranks([n for h in self.kept_heads for n in self._agree.get(h, [0, 0])])
+            self.agreement = {h: counts[2 * i] / counts[2 * i + 1]
+                              for i, h in enumerate(self.kept_heads) if counts[2 * i + 1]}
             self.log_dict({f"val/{h}/agreement_with_base": v for h, v in self.agreement.items()})
 
     def on_test_epoch_end(self):

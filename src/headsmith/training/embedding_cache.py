@@ -5,10 +5,12 @@ later run on the same snapshot reads the stored embeddings instead."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +19,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from headsmith.data.snapshot import Snapshot
+from headsmith.evaluation.report import console
 from headsmith.workspace import Workspace
 
 
@@ -59,19 +62,27 @@ class EmbeddingCache:
         return self.folder / f"{snapshot.manifest.sha256[:16]}-{self._ids[id(backbone)][:16]}.safetensors"
 
     def features(self, snapshot: Snapshot, backbone: torch.nn.Module) -> torch.Tensor:
-        """Embeddings of every row of the snapshot, in the order of `snapshot.frame()`."""
+        """Embeddings of every row of the snapshot, in the order of `snapshot.frame()`. Processes that ask at once
+        (DDP ranks, parallel runs) wait for one of them to compute them."""
         path = self.path(snapshot, backbone)
         if path.is_file():
             return load_file(path)["embeddings"]
-        features = embed(backbone, snapshot.frame()["input"].tolist(), load=snapshot.load_inputs,
-                         description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"embeddings": features}, tmp)
-            os.replace(tmp, path)  # readers see the whole file or none
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():  # computed by another process while this one waited
+                return load_file(path)["embeddings"]
+            started = time.monotonic()
+            features = embed(backbone, snapshot.frame()["input"].tolist(), load=snapshot.load_inputs,
+                             description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            os.close(fd)
+            try:
+                save_file({"embeddings": features}, tmp)
+                os.replace(tmp, path)  # readers see the whole file or none
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        console.print(f"embedded {len(features)} rows of snapshot '{snapshot.manifest.name}' in "
+                      f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
         return features

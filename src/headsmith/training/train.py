@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -14,7 +15,8 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
+from pytorch_lightning.utilities import rank_zero_only
 
 from headsmith.config import config_dir, register_recipes, register_resolvers
 from headsmith.errors import HeadsmithError, RegressionGateFailed
@@ -43,6 +45,7 @@ def build_net(cfg: DictConfig, backbone, classes: dict[str, list[str]]) -> Multi
     return MultiHeadNet(backbone, {h: instantiate(spec) for h, spec in specs.items()}, classes, specs)
 
 
+@rank_zero_only
 def _warn_about_leakage(leakage: dict) -> None:
     for part in ("val", "test"):
         overlap = leakage[f"train_{part}_overlap"]
@@ -90,7 +93,8 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:  # under DDP every rank runs this function; files are written once
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     base = load_model(resolve_model(workspace, cfg.base_model)) if cfg.get("base_model") else None
     backbone = base.backbone if base else instantiate(cfg.backbone)
@@ -108,6 +112,9 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     def features_of(snapshot):  # the frozen backbone's cached embeddings of all the snapshot's rows, if any
         return None
 
+    # Under DDP, epoch-level values come from torchmetrics (computed over every rank's rows) or are held-out losses
+    # logged with sync_dist; the training loss shown is rank 0's. Lightning's advice to sync them does not apply.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True")
     if net.backbone_frozen:
         # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -134,6 +141,9 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    parts = {"trainer": trainer, "model": model, "datamodule": datamodule}
+    if not trainer.is_global_zero:
+        return {}, parts  # the other DDP ranks are done: what follows runs once, on rank 0
 
     # Thresholds by policy on the validation split (kept heads keep the base model's); then the test evaluation.
     val = evaluate(net, datamodule.snapshot, datamodule.splits["val"], features_of(datamodule.snapshot),
@@ -187,16 +197,45 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     gate = metrics.get("regression_gate")
     if gate and not gate["passed"]:
         raise RegressionGateFailed(gate["failures"], output_dir)
-    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "package": package}
+    return metrics, {**parts, "package": package}
+
+
+_COMMAND: list[str] = []  # how this process was started: `headsmith train` (the CLI) or python -m this module
+
+
+def _ranks_rerun_this_job() -> None:
+    """Lightning starts DDP's other ranks by running sys.argv again with hydra.run.dir=<HydraConfig's run.dir>.
+    Make that this one job (in a -m sweep: not the whole sweep again) in this job's own folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get()
+    sys.argv = [*_COMMAND, *job.overrides.task]
+    with read_write(job):
+        job.run.dir = job.runtime.output_dir
+
+
+def _leave_distributed(environment: dict[str, str]) -> None:
+    """Lightning's DDP launcher leaves its process group and its rank variables behind: the next job of a -m sweep
+    in this process must start its own ranks."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    _ranks_rerun_this_job()
+    environment = dict(os.environ)
     try:
         metrics, _ = train(cfg)
     except HeadsmithError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         raise SystemExit(2) from None
+    finally:
+        _leave_distributed(environment)
+    if not metrics:  # a DDP rank other than 0
+        return None
     print_metrics(metrics)
     return metrics["selection"]["best_score"]  # what a Hydra sweeper optimizes
 
@@ -222,7 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     """`headsmith train [recipe=NAME] [key=value ...] [-m]`: Hydra's own command line, recipes registered first."""
     register_resolvers()
     register_recipes()
+    _COMMAND[:] = [sys.argv[0]]
     if argv is not None:
+        _COMMAND.append("train")  # sys.argv[0] is the `headsmith` script
         try:
             argv = resume_overrides(argv)
         except HeadsmithError as e:

@@ -174,7 +174,7 @@ class Tuner:
                    "PRUNED": f"pruned after epoch {trial.user_attrs.get('pruned_at_epoch')}",
                    "FAIL": f"failed: {trial.user_attrs.get('error', 'see the log above')}"}[trial.state.name]
         best = f" (best {study.best_value:.4f}, trial {study.best_trial.number})" if _completed(study) else ""
-        console.print(f"trial {trial.number + 1}/{self.settings.trials}  {self._shown(trial.params)}"
+        console.print(f"trial {trial.number} ({trial.number + 1}/{self.settings.trials})  {self._shown(trial.params)}"
                       f"  -> {outcome}{best}", highlight=False)
         self.summary(study).to_csv(self.folder / TRIALS_FILE, index=False)
 

@@ -1,0 +1,76 @@
+"""trainer=ddp on CPU: two processes (gloo) through the `headsmith` command, as a user launches it. The metrics
+Lightning computes over both ranks' shards equal a single-process evaluation of the same model on the same rows."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import run_cli, snapshot_csv
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture
+def odd_test_snapshot(workspace, reviews, tmp_path):
+    """37 other real reviews with the same heads: an odd number, so the two ranks' shards differ in size."""
+    rows = pd.concat([g.iloc[120:139] for _, g in reviews.groupby("sentiment")]).head(37).reset_index(drop=True)
+    rows["long"] = (rows["text"].str.len() > 100).map({True: "yes", False: "no"})
+    rows.to_csv(tmp_path / "held-out.csv", index=False)
+    return snapshot_csv(workspace, tmp_path / "held-out.csv", "held-out", "text",
+                        {"sentiment": "sentiment", "long": "long"})
+
+
+@pytest.fixture
+def tiny(tiny_backbone):
+    return ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+            "backbone.max_tokens=32", "dataset.batch_size=16", "trainer.max_epochs=2"]
+
+
+def test_ddp_on_cpu_metrics_synced_across_two_processes(workspace, reviews_snapshot, odd_test_snapshot, tiny):
+    result = run_cli("train", *tiny, *DDP, "name=ddp", "dataset.test_snapshot=held-out")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    for snapshot, rows in (("reviews", 240), ("held-out", 37)):  # once, not once per rank
+        assert output.count(f"embedded {rows} rows of snapshot '{snapshot}'") == 1
+
+    [run] = (workspace.runs_dir / "ddp").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    splits = metrics["splits"]
+    assert splits["test"] == 37
+    # Each rank trained on half the rows: half the optimizer steps of one process.
+    checkpoint = torch.load(metrics["selection"]["checkpoint"], weights_only=False)
+    steps_per_epoch = math.ceil(math.ceil(splits["train"] / 2) / 16)
+    assert checkpoint["global_step"] == (checkpoint["epoch"] + 1) * steps_per_epoch
+
+    # Lightning's test loop ran on both ranks and synced; metrics.json's test metrics come from one process
+    # scoring every test row with the same weights.
+    logged = pd.read_csv(run / "logs" / "metrics.csv").dropna(subset=["test/f1"]).iloc[-1]
+    single = metrics["test"]
+    for head, summary in single.items():
+        assert logged[f"test/{head}/support"] == summary["support"] == 37  # every row once, none twice
+        for metric in ("precision", "recall", "f1", "balanced_accuracy"):
+            assert logged[f"test/{head}/{metric}"] == pytest.approx(summary[metric], abs=1e-6), (head, metric)
+        for label, values in summary["classes"].items():
+            assert logged[f"test/{head}/support/{label}"] == values["support"]
+            for metric in ("precision", "recall", "f1", "balanced_accuracy"):
+                assert logged[f"test/{head}/{metric}/{label}"] == pytest.approx(values[metric], abs=1e-6)
+
+
+def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
+    result = run_cli("train", *tiny, *DDP, "name=sweep", "trainer.max_epochs=1", "-m", "optimizer.lr=1e-3,1e-2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # One sweep folder with one folder per job: the other ranks ran their job, not the sweep again.
+    [sweep] = (workspace.runs_dir / "sweep").iterdir()
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    lrs = [OmegaConf.load(sweep / job / "config.yaml").optimizer.lr for job in ("0", "1")]
+    assert lrs == [1e-3, 1e-2]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["test"]["sentiment"]["support"] == metrics["splits"]["test"]
