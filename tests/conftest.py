@@ -4,6 +4,7 @@ function that composes a recipe for a fast CPU run through overrides."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +172,25 @@ def small_image_model(folder: Path) -> Path:
     spec = {"_target_": "headsmith.models.heads.LinearHead", "in_dim": backbone.out_dim, "num_classes": 2}
     net = MultiHeadNet(backbone, {"cat": LinearHead(backbone.out_dim, 2)}, {"cat": ["no", "yes"]}, {"cat": spec})
     return save_package(net, folder / "cat-model", {"snapshots": {}, "metrics": {}})
+
+
+def wandb_records(run_folder: Path) -> list:
+    """The records of an offline W&B run, read from its .wandb file (LevelDB log format: 7-byte header, 32 KiB
+    blocks, each record a 7-byte header and a piece of one protobuf `Record`): what `wandb sync` would upload."""
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = run_folder.glob("run-*.wandb")
+    data, pos, block, pieces, records = path.read_bytes(), 7, 32768, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # too little room left for a record header: the block is padded
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        piece, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pieces = piece if kind in (1, 2) else pieces + piece  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            records.append(record)
+    return records

@@ -1,6 +1,8 @@
 """Training end to end on the tiny backbone: outputs, package round trip, modes, cache, CLI and sweeps."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,7 @@ from headsmith import load_model
 from headsmith.training.embedding_cache import EmbeddingCache
 from headsmith.training.train import train
 
-from conftest import run_cli, snapshot_csv
+from conftest import run_cli, snapshot_csv, wandb_records
 
 TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a movie."]
 
@@ -111,22 +113,47 @@ def test_cli_config_mistake_stops_before_training(workspace, reviews_snapshot, t
     assert not list(workspace.runs_dir.rglob("*.ckpt"))
 
 
-def test_cli_multirun_sweep(workspace, reviews_snapshot, tiny_backbone):
+def test_cli_multirun_sweep_groups_its_tracked_runs(workspace, reviews_snapshot, tiny_backbone):
     result = run_cli("train", "dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
-                     "trainer=cpu", "trainer.max_epochs=1", "name=sweep", "-m", "optimizer.lr=1e-3,1e-2")
+                     "trainer=cpu", "trainer.max_epochs=1", "name=sweep", "logger=wandb", "-m",
+                     "optimizer.lr=1e-3,1e-2")
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = sorted((workspace.runs_dir / "sweep").glob("multirun-*/*/metrics.json"))
     assert len(jobs) == 2
     lrs = sorted(OmegaConf.load(job.parent / "config.yaml").optimizer.lr for job in jobs)
     assert lrs == [1e-3, 1e-2]
     assert all("sentiment" in json.loads(job.read_text())["test"] for job in jobs)
+    for number, job in enumerate(jobs):  # W&B: one group per sweep, a name per job
+        [run] = [r.run for r in wandb_records(next((job.parent / "wandb").glob("offline-run-*"))) if r.HasField("run")]
+        assert (run.display_name, run.run_group) == (f"sweep-{number}", job.parent.parent.name)
 
 
-def test_wandb_logger_runs_offline(compose, reviews_snapshot, tmp_path, monkeypatch):
+def test_wandb_offline_run_holds_config_metrics_report_and_model(compose, reviews_snapshot, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = compose("dataset.snapshot=reviews", "logger=wandb", "debug=fast")
+    cfg = compose("dataset.snapshot=reviews", "logger=wandb", "name=tracked")
     assert cfg.logger.wandb.offline is True
-    train(cfg)
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # a run folder `wandb sync` can upload later
+    metrics, _ = train(cfg)
     assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()  # the CSV logger stays on beside it
+    [folder] = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    records = wandb_records(folder)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    assert kinds[0] == "header" and "exit" in kinds and records[kinds.index("exit")].exit.exit_code == 0
+
+    config = {u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update}
+    assert config["optimizer"]["lr"] == cfg.optimizer.lr and config["dataset"]["snapshot"] == "reviews"
+    logged = {item.key or item.nested_key[0] for r in records if r.HasField("history") for item in r.history.item}
+    assert {"val/f1", "val/sentiment/f1/positive", "train/loss_step", "eval/pr_sentiment"} <= logged
+    summary = {u.key: json.loads(u.value_json) for r in records if r.HasField("summary") for u in r.summary.update}
+    assert summary["test/sentiment/f1"] == pytest.approx(metrics["test"]["sentiment"]["f1"])
+
+    artifacts = {r.artifact.name: r.artifact for r in records if r.HasField("artifact")}
+    assert set(artifacts) == {"tracked-report", "tracked-model"}
+    files = {name: {e.path: e.local_path for e in a.manifest.contents} for name, a in artifacts.items()}
+    assert {"report.html", "eval.json", "predictions.parquet", "pr_sentiment.png", "metrics.json"} <= set(
+        files["tracked-report"])
+    assert {"model.json", "model.safetensors"} <= set(files["tracked-model"])
+    assert files["tracked-model"]["model.safetensors"] == str(Path(metrics["model"]) / "model.safetensors")
+
+    synced = subprocess.run([str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run", str(folder)],
+                            capture_output=True, text=True, timeout=120)
+    assert "Would sync 1 run(s)" in synced.stdout + synced.stderr

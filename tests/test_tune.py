@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from headsmith.config import compose_train_config
 from headsmith.errors import HeadsmithError
 from headsmith.training.tune import Tuner, distribution
-from conftest import run_cli
+from conftest import run_cli, wandb_records
 
 
 @pytest.fixture
@@ -24,16 +24,22 @@ def tiny(tiny_backbone):
 
 def test_a_tiny_sweep_prunes_summarises_and_writes_the_best_recipe(workspace, reviews_snapshot, tiny):
     result = Tuner([*tiny, "trainer.max_epochs=3", "tune.trials=4", "tune.pruner._target_=plugins.PruneOddTrials",
-                    "~tune.pruner.n_startup_trials", "~tune.pruner.n_warmup_steps", "head=mlp",
+                    "~tune.pruner.n_startup_trials", "~tune.pruner.n_warmup_steps", "head=mlp", "logger=wandb",
                     "optimizer.lr=tag(log, interval(1e-3, 1e-1))", "head.hidden=choice(8, 16, 32)"]).run()
     summary = pd.read_csv(result["folder"] / "trials.csv")
     assert summary["trial"].tolist() == [0, 1, 2, 3]
     # Odd trials are pruned by Lightning at their first validation, the others train their 3 epochs.
     assert summary["state"].tolist() == ["complete", "pruned", "complete", "pruned"]
     assert summary["epochs"].tolist() == [3, 1, 3, 1] and result["pruned"] == 2
-    for _, row in summary.iterrows():  # each trial ran with the values the summary shows
-        config = OmegaConf.load(result["folder"] / f"trial-{row['trial']:03d}" / "config.yaml")
+    for _, row in summary.iterrows():  # each trial ran with the values the summary shows, as its own W&B run
+        trial = result["folder"] / f"trial-{row['trial']:03d}"
+        config = OmegaConf.load(trial / "config.yaml")
         assert config.head.hidden == row["head.hidden"] and config.optimizer.lr == row["optimizer.lr"]
+        records = wandb_records(next((trial / "wandb").glob("offline-run-*")))
+        [run] = [r.run for r in records if r.HasField("run")]
+        assert (run.display_name, run.run_group) == (f"reviews-trial-{row['trial']:03d}", result["folder"].name)
+        [exit_record] = [r.exit for r in records if r.HasField("exit")]
+        assert exit_record.exit_code == (0 if row["state"] == "complete" else 1)
     done = summary[summary["state"] == "complete"]
     for row in done.itertuples():
         metrics = json.loads((result["folder"] / f"trial-{row.trial:03d}" / "metrics.json").read_text())

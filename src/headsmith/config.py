@@ -48,11 +48,33 @@ def _wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled")
 
 
+def _sweep_job() -> tuple[str, int] | None:
+    """(sweep folder name, job number) inside a job of a Hydra -m sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().runtime.output_dir).parent.name, HydraConfig.get().job.num
+    return None
+
+
+def _run_name(name: str) -> str:
+    job = _sweep_job()
+    return f"{name}-{job[1]}" if job else name
+
+
+def _run_group() -> str | None:
+    job = _sweep_job()
+    return job[0] if job else None
+
+
 def register_resolvers() -> None:
     resolvers = {
         "hs.monitor": monitor_key,
         "hs.workspace": lambda: str(workspace_root()),
         "hs.wandb_offline": _wandb_offline,
+        "hs.run_name": _run_name,     # trackers: NAME, or NAME-JOB in a -m sweep
+        "hs.run_group": _run_group,   # trackers: the sweep's folder name, runs of one sweep together
     }
     for name, fn in resolvers.items():
         OmegaConf.register_new_resolver(name, fn, replace=True)

@@ -31,6 +31,7 @@ from headsmith.data.snapshot import load_snapshot
 from headsmith.training.base_model import build_from_base, regression_gate
 from headsmith.training.callbacks import EpochSeed
 from headsmith.training.embedding_cache import EmbeddingCache
+from headsmith.training.tracking import finish_wandb, log_outputs
 from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
 
@@ -85,7 +86,18 @@ def _restore_csv_history(aside: dict[Path, Path], checkpoint_epoch: int | None) 
 
 
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dict, dict]:
-    """`extra_callbacks` join the config's own (a sweep's pruning, for one)."""
+    """Fit, evaluate and package the model `cfg` describes; `extra_callbacks` join the config's own (a sweep's
+    pruning, for one)."""
+    try:
+        result = _train(cfg, extra_callbacks)
+    except BaseException:
+        finish_wandb(failed=True)
+        raise
+    finish_wandb(failed=False)
+    return result
+
+
+def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, dict]:
     if cfg.get("resume"):
         _last_checkpoint(cfg.resume)  # before any weight is loaded
     workspace = Workspace(cfg.paths.workspace)
@@ -133,6 +145,8 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                       logger=_instantiate_all(cfg.get("logger")) or False,
                                       default_root_dir=str(output_dir))
+    for logger in trainer.loggers:  # the whole config, beside the metrics (hparams.yaml for the CSV logger)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None
     csv_history = _set_csv_history_aside(trainer) if resume_from else {}
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -194,6 +208,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     package = save_package(net, output_dir / "model", lineage)
     metrics["model"] = str(package)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    log_outputs(trainer.loggers, cfg.name, output_dir, output_dir / EVAL_DIR, package, metrics)
     gate = metrics.get("regression_gate")
     if gate and not gate["passed"]:
         raise RegressionGateFailed(gate["failures"], output_dir)

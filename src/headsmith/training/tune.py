@@ -154,7 +154,10 @@ class Tuner:
     def _objective(self, trial: optuna.Trial) -> float:
         params = {key: suggest(trial, key, d) for key, d in self.space.items()}
         trial.set_user_attr("overrides", self._overrides(params))
-        cfg = self._compose([*self._overrides(params), f"paths.output_dir={self.trial_dir(trial.number)}"])
+        tracking = ([f"logger.wandb.name={self.base.name}-trial-{trial.number:03d}",
+                     f"logger.wandb.group={self.folder.name}"] if "wandb" in (self.base.logger or {}) else [])
+        cfg = self._compose([*self._overrides(params), f"paths.output_dir={self.trial_dir(trial.number)}",
+                             *tracking])
         started = time.monotonic()
         try:
             metrics, _ = train(cfg, extra_callbacks=[OptunaPruning(trial, self.monitor)])
