@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -74,3 +77,33 @@ def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["test"]["sentiment"]["support"] == metrics["splits"]["test"]
+
+
+def test_torchrun_launch_writes_one_run(workspace, reviews_snapshot, tiny):
+    """How several machines (or GPUs) are launched: torchrun starts every rank; they share one run folder."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "headsmith.training.train",
+                             *tiny, *DDP, "name=elastic"], capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    [run] = (workspace.runs_dir / "elastic").iterdir()
+    assert run.name.startswith("torchrun-")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["sentiment"]["support"] == metrics["splits"]["test"]
+
+
+def test_slurm_launcher_config_and_a_submitit_sweep(workspace, reviews_snapshot, tiny):
+    shown = run_cli("train", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                    *tiny, "--cfg", "all")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    launcher = OmegaConf.create(shown.stdout).hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+    # The same plugin's local executor: each job pickled and run in a process of its own, as on SLURM nodes.
+    result = run_cli("train", "-m", "hydra/launcher=submitit_local", *tiny, "trainer=cpu", "trainer.max_epochs=1",
+                     "name=submitted", "optimizer.lr=1e-3,1e-2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = sorted((workspace.runs_dir / "submitted").glob("multirun-*/*/metrics.json"))
+    assert [OmegaConf.load(job.parent / "config.yaml").optimizer.lr for job in jobs] == [1e-3, 1e-2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -68,11 +69,19 @@ def _run_group() -> str | None:
     return job[0] if job else None
 
 
+def _run_stamp() -> str:
+    """A run's folder name: when it started, or under torchrun its rendezvous id, so that every rank (each started
+    on its own) writes into the same folder."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"torchrun-{run_id}" if run_id != "none" else datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+
+
 def register_resolvers() -> None:
     resolvers = {
         "hs.monitor": monitor_key,
         "hs.workspace": lambda: str(workspace_root()),
         "hs.wandb_offline": _wandb_offline,
+        "hs.run_stamp": _run_stamp,
         "hs.run_name": _run_name,     # trackers: NAME, or NAME-JOB in a -m sweep
         "hs.run_group": _run_group,   # trackers: the sweep's folder name, runs of one sweep together
     }

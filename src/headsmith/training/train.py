@@ -223,6 +223,8 @@ def _ranks_rerun_this_job() -> None:
     Make that this one job (in a -m sweep: not the whole sweep again) in this job's own folder."""
     from hydra.core.hydra_config import HydraConfig
 
+    if not _COMMAND:  # a job a launcher runs in another process (submitit): its ranks come from the cluster
+        return
     job = HydraConfig.get()
     sys.argv = [*_COMMAND, *job.overrides.task]
     with read_write(job):
@@ -238,8 +240,9 @@ def _leave_distributed(environment: dict[str, str]) -> None:
     os.environ.update(environment)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def run_job(cfg: DictConfig) -> float | None:
+    """One training job, as Hydra's launchers run it: here, or pickled to another process or a SLURM node (so it
+    is a plain module-level function, importable by name)."""
     _ranks_rerun_this_job()
     environment = dict(os.environ)
     try:
@@ -253,6 +256,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return None
     print_metrics(metrics)
     return metrics["selection"]["best_score"]  # what a Hydra sweeper optimizes
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run_job)
 
 
 def resume_overrides(args: list[str]) -> list[str]:
