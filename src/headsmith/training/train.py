@@ -145,10 +145,10 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                       logger=_instantiate_all(cfg.get("logger")) or False,
                                       default_root_dir=str(output_dir))
+    resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None
+    csv_history = _set_csv_history_aside(trainer) if resume_from and trainer.is_global_zero else {}
     for logger in trainer.loggers:  # the whole config, beside the metrics (hparams.yaml for the CSV logger)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None
-    csv_history = _set_csv_history_aside(trainer) if resume_from else {}
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
 
     # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
