@@ -4,6 +4,9 @@ VENV := .venv
 HS := $(VENV)/bin/headsmith
 STAMP := $(VENV)/.headsmith-installed
 DATA := $(or $(HEADSMITH_HOME),workspace)/data
+RUNS := $(or $(HEADSMITH_HOME),workspace)/runs
+# The newest finished run of a name (a folder with metrics.json: not a sweep's or a tune's folder).
+latest_run = $$(dirname $$(ls -t $(RUNS)/$(1)/*/metrics.json | head -n 1))
 
 # Nothing reaches a model hub: the pretrained weights and the data come from installed packages.
 export HF_HUB_OFFLINE := 1
@@ -47,7 +50,7 @@ walkthrough-text: demo
 	$(HS) snapshot show text-base >/dev/null 2>&1 || \
 	  $(HS) snapshot create text-base --name text-base --input text --label kind=kind --label party=party
 	$(HS) train recipe=text-base
-	$(HS) model register $$(ls -d $(or $(HEADSMITH_HOME),workspace)/runs/text-base/*/ | tail -n 1) --name text-base
+	$(HS) model register $(call latest_run,text-base) --name text-base
 	$(HS) train recipe=add-sentiment
 
 # Issue 4's vision walkthrough: a two-head base model from real images (file:// URLs), registered, then its `face`
@@ -58,7 +61,7 @@ walkthrough-vision: setup
 	$(HS) snapshot show vision-base >/dev/null 2>&1 || $(HS) snapshot create vision-base --name vision-base \
 	  --type image-classification --input image --label digit=digit --label face=face
 	$(HS) train recipe=vision-base
-	$(HS) model register $$(ls -d $(or $(HEADSMITH_HOME),workspace)/runs/vision-base/*/ | tail -n 1) --name vision-base
+	$(HS) model register $(call latest_run,vision-base) --name vision-base
 	$(HS) example-data faces-update $(DATA)/faces-update.csv
 	$(HS) dataset import $(DATA)/faces-update.csv --name faces-update --yes --column face=label
 	$(HS) snapshot show faces-update >/dev/null 2>&1 || $(HS) snapshot create faces-update --name faces-update \
@@ -67,9 +70,8 @@ walkthrough-vision: setup
 
 # Issue 6's deployment: the text walkthrough's model (add-sentiment) registered, deployed as `production` (replacing
 # an earlier one) with a new API key, served on 127.0.0.1:3000 and asked once. `headsmith deploy stop production`.
-RUNS := $(or $(HEADSMITH_HOME),workspace)/runs
 deploy-text: walkthrough-text
-	$(HS) model register $$(ls -d $(RUNS)/add-sentiment/*/ | tail -n 1) --name add-sentiment
+	$(HS) model register $(call latest_run,add-sentiment) --name add-sentiment
 	-$(HS) deploy delete production --yes 2>/dev/null
 	$(HS) deploy create production --model add-sentiment
 	$(HS) deploy serve production --port 3000

@@ -31,6 +31,7 @@ def test_a_tiny_sweep_prunes_summarises_and_writes_the_best_recipe(workspace, re
     # Odd trials are pruned by Lightning at their first validation, the others train their 3 epochs.
     assert summary["state"].tolist() == ["complete", "pruned", "complete", "pruned"]
     assert summary["epochs"].tolist() == [3, 1, 3, 1] and result["pruned"] == 2
+    assert summary.loc[summary["state"] == "pruned", "objective"].isna().all()  # a pruned trial has no final score
     for _, row in summary.iterrows():  # each trial ran with the values the summary shows, as its own W&B run
         trial = result["folder"] / f"trial-{row['trial']:03d}"
         config = OmegaConf.load(trial / "config.yaml")

@@ -186,7 +186,8 @@ class Tuner:
         for t in study.trials:
             if t.state.is_finished():
                 rows.append({"trial": t.number, "state": t.state.name.lower(),
-                             "overrides": self._shown(t.params), "objective": t.value,
+                             "overrides": self._shown(t.params),
+                             "objective": t.value if t.state == optuna.trial.TrialState.COMPLETE else None,
                              "epochs": t.last_step + 1 if t.last_step is not None else None,
                              "best_epoch": t.user_attrs.get("best_epoch"), "seconds": t.user_attrs.get("seconds"),
                              "run": str(self.trial_dir(t.number)), **{k: t.params.get(k) for k in self.space}})
