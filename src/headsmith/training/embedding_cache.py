@@ -28,7 +28,7 @@ def backbone_id(backbone: torch.nn.Module) -> str:
     digest = hashlib.sha256(json.dumps(backbone.spec(), sort_keys=True).encode())
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()
 
 

@@ -7,9 +7,18 @@ import re
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from headsmith.evaluation.metrics import flatten
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """The whole config in each W&B run. (Not the CSV logger's hparams.yaml: it rewrites that file every time it
+    flushes, every step; the run folder's config.yaml has it already.)"""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
 
 def log_outputs(loggers: list[Logger], name: str, run_dir: Path, eval_dir: Path, package: Path,

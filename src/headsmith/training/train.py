@@ -31,7 +31,7 @@ from headsmith.data.snapshot import load_snapshot
 from headsmith.training.base_model import build_from_base, regression_gate
 from headsmith.training.callbacks import EpochSeed
 from headsmith.training.embedding_cache import EmbeddingCache
-from headsmith.training.tracking import finish_wandb, log_outputs
+from headsmith.training.tracking import finish_wandb, log_config, log_outputs
 from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
 
@@ -147,8 +147,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
                                       default_root_dir=str(output_dir))
     resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None
     csv_history = _set_csv_history_aside(trainer) if resume_from and trainer.is_global_zero else {}
-    for logger in trainer.loggers:  # the whole config, beside the metrics (hparams.yaml for the CSV logger)
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    log_config(trainer.loggers, cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
 
     # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
