@@ -46,6 +46,7 @@ def user_errors(command):
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@user_errors
 def train(ctx: typer.Context):
     """Train from a recipe: `headsmith train recipe=sentiment trainer.max_epochs=3`; sweeps with `-m`; `--help`."""
     from headsmith.training.train import main

@@ -77,11 +77,11 @@ def _set_csv_history_aside(trainer: pl.Trainer) -> dict[Path, Path]:
     return aside
 
 
-def _restore_csv_history(aside: dict[Path, Path], checkpoint_epoch: int | None) -> None:
-    """One metrics.csv again: the rows up to the checkpoint the run resumed from, then the resumed run's."""
+def _restore_csv_history(aside: dict[Path, Path]) -> None:
+    """One metrics.csv again: the rows before the epoch the resumed run started with, then the resumed run's."""
     for current, before in aside.items():
-        old = pd.read_csv(before)
-        pd.concat([old[old["epoch"] <= checkpoint_epoch], pd.read_csv(current)]).to_csv(current, index=False)
+        old, new = pd.read_csv(before), pd.read_csv(current)
+        pd.concat([old[old["epoch"] < new["epoch"].min()], new]).to_csv(current, index=False)
         before.unlink()
 
 
@@ -98,8 +98,7 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
 
 
 def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, dict]:
-    if cfg.get("resume"):
-        _last_checkpoint(cfg.resume)  # before any weight is loaded
+    resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None  # before any weight is loaded
     workspace = Workspace(cfg.paths.workspace)
     validate_config(cfg, workspace)  # every config mistake, before any weight is loaded
     pl.seed_everything(cfg.seed, workers=True)
@@ -145,7 +144,6 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
                                       logger=_instantiate_all(cfg.get("logger")) or False,
                                       default_root_dir=str(output_dir))
-    resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None
     csv_history = _set_csv_history_aside(trainer) if resume_from and trainer.is_global_zero else {}
     log_config(trainer.loggers, cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -202,8 +200,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
         metrics["regression_gate"] = regression_gate(base, net, golden, kept, cfg.regression_gate.max_f1_drop,
                                                      features_of)  # a frozen backbone is the base's: same embeddings
         lineage["regression_gate"] = metrics["regression_gate"]
-    _restore_csv_history(csv_history, torch.load(resume_from, map_location="cpu", weights_only=False)["epoch"]
-                         if resume_from else None)
+    _restore_csv_history(csv_history)
     package = save_package(net, output_dir / "model", lineage)
     metrics["model"] = str(package)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -284,11 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     _COMMAND[:] = [sys.argv[0]]
     if argv is not None:
         _COMMAND.append("train")  # sys.argv[0] is the `headsmith` script
-        try:
-            argv = resume_overrides(argv)
-        except HeadsmithError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise SystemExit(2) from None
+        argv = resume_overrides(argv)
         # Hydra's parser takes overrides on one side of -m only; accept them on both, as users write them.
         sweep = [a for a in argv if a in ("-m", "--multirun")]
         sys.argv = ["headsmith train", *sweep, *(a for a in argv if a not in sweep)]

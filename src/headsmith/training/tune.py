@@ -41,7 +41,7 @@ def distribution(key: str, expression: str) -> optuna.distributions.BaseDistribu
         raise HeadsmithError(f"{key}={expression}: not a sweep expression ({e})") from None
     if isinstance(sweep, ChoiceSweep):
         return optuna.distributions.CategoricalDistribution(sweep.list)
-    log = "log" in sweep.tags if hasattr(sweep, "tags") else False
+    log = "log" in getattr(sweep, "tags", ())
     if isinstance(sweep, IntervalSweep):
         if log and sweep.start <= 0:
             raise HeadsmithError(f"{key}={expression}: a log scale needs a positive low end")
@@ -203,8 +203,7 @@ class Tuner:
                       f"({self.direction}); runs in {self.folder}", highlight=False)
         study.optimize(self._objective, n_trials=self.settings.trials, catch=(HeadsmithError,),
                        callbacks=[self._report])
-        summary = self.summary(study)
-        summary.to_csv(self.folder / TRIALS_FILE, index=False)
+        summary = self.summary(study)  # trials.csv is written after every trial (_report)
         save_tune_png(summary, self.monitor, self.direction == "maximize", self.folder / PLOT_FILE)
         if not _completed(study):
             raise HeadsmithError(f"no trial completed: see {self.folder / TRIALS_FILE}")
