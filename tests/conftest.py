@@ -177,8 +177,11 @@ def small_image_model(folder: Path) -> Path:
 def wandb_records(run_folder: Path) -> list:
     """The records of an offline W&B run, read from its .wandb file (LevelDB log format: 7-byte header, 32 KiB
     blocks, each record a 7-byte header and a piece of one protobuf `Record`): what `wandb sync` would upload."""
+    import wandb
     from wandb.proto import wandb_internal_pb2
 
+    # W&B's service process writes the file after `finish()` returns; teardown waits until it has closed every run.
+    wandb.teardown()
     [path] = run_folder.glob("run-*.wandb")
     data, pos, block, pieces, records = path.read_bytes(), 7, 32768, b"", []
     assert data[:4] == b":W&B"
