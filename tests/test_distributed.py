@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -36,7 +37,7 @@ def tiny(tiny_backbone):
 
 
 def test_ddp_on_cpu_metrics_synced_across_two_processes(workspace, reviews_snapshot, odd_test_snapshot, tiny):
-    result = run_cli("train", *tiny, *DDP, "name=ddp", "dataset.test_snapshot=held-out")
+    result = run_cli("train", *tiny, *DDP, "name=ddp", "dataset.test_snapshot=held-out", "class_weights=none")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output
@@ -64,6 +65,11 @@ def test_ddp_on_cpu_metrics_synced_across_two_processes(workspace, reviews_snaps
             assert logged[f"test/{head}/support/{label}"] == values["support"]
             for metric in ("precision", "recall", "f1", "balanced_accuracy"):
                 assert logged[f"test/{head}/{metric}/{label}"] == pytest.approx(values[metric], abs=1e-6)
+    # Each head's test loss is the mean cross-entropy over all 37 rows, both ranks' rows counted once.
+    predictions = pd.read_parquet(run / "eval" / "predictions.parquet")
+    for head in single:
+        label_scores = [row[f"{head}:score:{row[head]}"] for _, row in predictions.iterrows()]
+        assert logged[f"test/{head}/loss"] == pytest.approx(-np.log(label_scores).mean(), abs=1e-5), head
 
 
 def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
