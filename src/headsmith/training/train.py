@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -164,7 +165,6 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     test_snapshot = datamodule.test_snapshot or datamodule.snapshot
     test = evaluate(net, test_snapshot, datamodule.splits["test"], features_of(test_snapshot),
                     model={"name": cfg.name, "path": str(output_dir / "model")}, split="test")
-    test.save(output_dir / EVAL_DIR)
 
     snapshots = {"train": datamodule.snapshot.manifest.ref(),
                  "test": datamodule.test_snapshot.manifest.ref() if datamodule.test_snapshot else None}
@@ -201,7 +201,10 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
                                                      features_of)  # a frozen backbone is the base's: same embeddings
         lineage["regression_gate"] = metrics["regression_gate"]
     _restore_csv_history(csv_history)
-    package = save_package(net, output_dir / "model", lineage)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # safetensors writes the weights without holding the GIL,
+        writing = pool.submit(save_package, net, output_dir / "model", lineage)  # while the report's plots are drawn
+        test.save(output_dir / EVAL_DIR)
+        package = writing.result()
     metrics["model"] = str(package)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     log_outputs(trainer.loggers, cfg.name, output_dir, output_dir / EVAL_DIR, package, metrics)
