@@ -7,6 +7,7 @@ built (`headsmith deploy create`) and can be overridden at serve time (`bentoml 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from pathlib import Path
@@ -60,8 +61,9 @@ class Scorer:
         return [{h: v[i].tolist() for h, v in scores.items()} for i in range(len(inputs))]
 
 
-# Sync handlers mostly wait for the scorer: many threads let concurrent requests reach it together, to be batched.
-@bentoml.service(name="headsmith", workers=1, threads=64)
+# Handlers are async: while one waits for the scorer, the event loop takes in the next requests, which the scorer
+# batches together. Blocking work (image checks, URL fetches) runs in a worker thread.
+@bentoml.service(name="headsmith", workers=1)
 class Moderation:
     """Classify texts or images: per head, per class scores beside the model's threshold decisions."""
 
@@ -72,25 +74,25 @@ class Moderation:
         self.card = ModelCard(read_meta(self.model.path), args.name, args.version)
         self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False)
 
-    def _answer(self, inputs: list[str], heads: list[str] | None) -> dict:
+    async def _answer(self, inputs: list[str], heads: list[str] | None) -> dict:
         try:
             heads = self.card.check_heads(heads)
         except HeadsmithError as e:
             raise _bad(str(e)) from None
-        rows = self._scores(inputs)
+        rows = await self._scores(inputs)
         scores = {h: np.array([r[h] for r in rows]) for h in self.card.heads}
         return {"model": {"name": self.card.name, "version": self.card.version},
                 "results": self.card.answers(scores, heads)}
 
-    def _scores(self, inputs: list[str]) -> list[dict]:
+    async def _scores(self, inputs: list[str]) -> list[dict]:
         """Scoring is idempotent, so a call lost to a dropped keep-alive connection between the two services (an
         aiohttp race under load) is simply made again, once."""
         import aiohttp
 
         try:
-            return self.scorer.scores(inputs)
+            return await self.scorer.to_async.scores(inputs)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return self.scorer.scores(inputs)
+            return await self.scorer.to_async.scores(inputs)
 
     def _count(self, n: int, fields: str) -> None:
         if n == 0:
@@ -110,7 +112,7 @@ class Moderation:
         return base64.b64encode(data).decode()
 
     @bentoml.api(route="/v1/classify/text")
-    def classify_text(self, texts: list[str], heads: list[str] | None = None) -> dict:
+    async def classify_text(self, texts: list[str], heads: list[str] | None = None) -> dict:
         """Classify texts. `heads` limits the answer to some heads."""
         self._kind("text")
         self._count(len(texts), "`texts`")
@@ -119,12 +121,15 @@ class Moderation:
                 raise _bad(f"texts[{i}] is empty")
             if len(text) > args.max_text_chars:
                 raise _bad(f"texts[{i}] has {len(text):,} characters: at most {args.max_text_chars:,}")
-        return self._answer(texts, heads)
+        return await self._answer(texts, heads)
 
     @bentoml.api(route="/v1/classify/image")
-    def classify_image(self, images: list[str] = [], urls: list[str] = [],  # noqa: B006 (pydantic copies)
-                       heads: list[str] | None = None) -> dict:
+    async def classify_image(self, images: list[str] = [], urls: list[str] = [],  # noqa: B006 (pydantic copies)
+                             heads: list[str] | None = None) -> dict:
         """Classify images sent as base64 strings (`images`), or fetched from `urls` when the deployment allows."""
+        return await self._answer(await asyncio.to_thread(self._checked_images, images, urls), heads)
+
+    def _checked_images(self, images: list[str], urls: list[str]) -> list[str]:
         self._kind("image")
         self._count(len(images) + len(urls), "`images` (base64) or `urls`")
         if urls and not args.allow_urls:
@@ -144,14 +149,17 @@ class Moderation:
             except HeadsmithError as e:
                 raise _bad(f"urls[{i}]: {e}") from None
             checked.append(self._image(data, f"urls[{i}]"))
-        return self._answer(checked, heads)
+        return checked
 
     @bentoml.api(route="/v1/classify/image/upload")
-    def classify_upload(self, files: list[Path], heads: list[str] | None = None) -> dict:
+    async def classify_upload(self, files: list[Path], heads: list[str] | None = None) -> dict:
         """Classify images uploaded as multipart/form-data files (field `files`)."""
+        return await self._answer(await asyncio.to_thread(self._checked_uploads, files), heads)
+
+    def _checked_uploads(self, files: list[Path]) -> list[str]:
         self._kind("image")
         self._count(len(files), "`files` (multipart)")
-        return self._answer([self._image(Path(f).read_bytes(), f"files[{i}]") for i, f in enumerate(files)], heads)
+        return [self._image(Path(f).read_bytes(), f"files[{i}]") for i, f in enumerate(files)]
 
     @bentoml.api(route="/v1/model")
     def model_card(self) -> dict:
