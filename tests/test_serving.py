@@ -8,6 +8,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -65,6 +66,16 @@ def error_of(body) -> str:
     return json.dumps(body)
 
 
+def scorer_calls(url: str) -> tuple[float, float]:
+    """From the deployment's Prometheus metrics: the scorer's calls so far, and the inputs they scored."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+
+    def value(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name + "{"))
+    return value("bentoml_service_adaptive_batch_size_count"), value("bentoml_service_adaptive_batch_size_sum")
+
+
 @pytest.fixture(scope="module")
 def text_deployments(tmp_path_factory, reviews, tiny_backbone):
     """Two versions of a text model, each deployed and serving with its own key."""
@@ -89,6 +100,23 @@ def text_deployments(tmp_path_factory, reviews, tiny_backbone):
 
 
 TEXTS = ["A gorgeous, moving film.", "Dull, lifeless and far too long.", "It has its moments."]
+
+
+def test_concurrent_requests_are_batched_each_scored_once_and_answered_with_their_own_scores(text_deployments):
+    """160 one-text requests, 32 at a time: the scorer batches them, scores each text once (none lost between the
+    two services and made again) and every answer is its own text's, as `predict` gives it."""
+    deployed, (url, key), _ = text_deployments
+    texts = [f"{start} film, take {i}." for i, start in enumerate(["A moving", "A dull", "An odd", "A tender"] * 40)]
+    calls_before, scored_before = scorer_calls(url)
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda text: post(f"{url}/v1/classify/text", {"texts": [text]}, key), texts))
+    calls, scored = scorer_calls(url)
+    assert scored - scored_before == len(texts) and calls - calls_before < len(texts) / 2, (calls, scored)
+    predicted = json.loads(deployed.cli("predict", "reviews-model:1", *texts).stdout)["results"]
+    for (status, answer), local in zip(answers, predicted):
+        assert status == 200, answer
+        served = [c["score"] for c in answer["results"][0]["sentiment"]["classes"]]
+        assert served == pytest.approx([c["score"] for c in local["heads"]["sentiment"]["classes"]], abs=1e-5)
 
 
 def test_two_deployments_answer_at_once_with_their_own_keys_as_predict_does(text_deployments):
@@ -118,6 +146,10 @@ def test_two_deployments_answer_at_once_with_their_own_keys_as_predict_does(text
     assert post(f"{canary_url}/v1/classify/text", {"texts": TEXTS}, prod_key)[0] == 401
     listed = deployed.cli("deploy", "list").stdout
     assert "production" in listed and "canary" in listed and listed.count("running") == 2
+    for name, url, other in (("production", prod_url, "canary"), ("canary", canary_url, "production")):
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            metrics = r.read().decode()  # each deployment's own: the other's start did not wipe them
+        assert f'service_name="headsmith-{name}"' in metrics and f"headsmith-{other}" not in metrics
 
 
 def test_bad_requests_get_clear_4xx_and_the_server_keeps_answering(text_deployments):
@@ -140,6 +172,30 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_answering(text_deployme
         got, answer = post(target, body, with_key, content_type)
         assert (got, message in error_of(answer)) == (status, True), (body if len(str(body)) < 200 else "...", answer)
         assert post(endpoint, {"texts": ["still up"]}, key)[0] == 200
+
+
+def test_an_overloaded_deployment_answers_503_with_its_reason_and_keeps_serving(text_deployments):
+    deployed, _, _ = text_deployments
+    url, key = deployed.create_and_serve("tight", "reviews-model:1", "--max-latency-ms", "1")  # no time to batch
+    endpoint = f"{url}/v1/classify/text"
+
+    def ask(text: str) -> tuple[int, str | None, object]:
+        request = urllib.request.Request(endpoint, json.dumps({"texts": [text]}).encode(),
+                                         {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, None, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Retry-After"), json.loads(e.read())
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(ask, [f"text {i}" for i in range(32)]))
+    refused = [a for a in answers if a[0] != 200]
+    assert refused, "32 requests at once with max_latency_ms=1: some are refused"
+    for status, retry_after, body in refused:
+        assert (status, retry_after) == (503, "1") and "overloaded" in body["error"] \
+            and "max_latency_ms=1;" in body["error"], (status, body)
+    assert ask("one at a time")[0] == 200
 
 
 def test_revoked_keys_stop_working_at_once_and_health_and_docs_are_open(text_deployments):

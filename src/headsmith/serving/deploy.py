@@ -153,6 +153,19 @@ def _process(workspace: Workspace, name: str) -> dict:
     return {"status": "running", "url": state["url"], "pid": state["pid"]}
 
 
+def _serving_home(workspace: Workspace, name: str) -> Path:
+    """The deployment's own BentoML home: the workspace's store (Bentos, models) linked in, beside a Prometheus
+    folder of its own (BentoML empties that folder whenever a server starts: deployments sharing one would wipe and
+    mix each other's metrics)."""
+    store = use_bentoml_home(workspace)
+    home = workspace.deployments_dir / name / "bentoml"
+    home.mkdir(parents=True, exist_ok=True)
+    for part in ("bentos", "models"):
+        (home / part).unlink(missing_ok=True)
+        (home / part).symlink_to(store / part, target_is_directory=True)
+    return home
+
+
 def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: str = "127.0.0.1",
                      wait: float = 300) -> dict:
     """Start `bentoml serve BENTO` in the background (its log in the deployment's folder) and wait until it is
@@ -161,7 +174,7 @@ def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: st
     if deployment["status"] == "running":
         raise HeadsmithError(f"deployment '{name}' is already running at {deployment['url']}")
     folder = workspace.deployments_dir / name
-    env = {**os.environ, "BENTOML_HOME": str(use_bentoml_home(workspace)),
+    env = {**os.environ, "BENTOML_HOME": str(_serving_home(workspace, name)),
            "HEADSMITH_KEYS_FILE": str(folder / "keys.json"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     bentoml_cli = Path(sys.executable).with_name("bentoml")
     log = open(folder / "server.log", "ab")

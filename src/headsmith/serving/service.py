@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 from pathlib import Path
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel
+from starlette.responses import JSONResponse
 
 from headsmith.data.media import MAX_PIXELS, ImageRejected, MediaFetcher, open_image
 from headsmith.errors import HeadsmithError
@@ -42,6 +44,13 @@ args = bentoml.use_arguments(ServiceArgs)
 
 def _bad(message: str) -> InvalidArgument:
     return InvalidArgument(message)  # HTTP 400 with the message
+
+
+def _overloaded() -> JSONResponse:
+    """503 with its reason and when to retry (BentoML's own 503 body says only "unexpected error")."""
+    return JSONResponse({"error": f"overloaded: the model could not take this request within max_latency_ms="
+                                  f"{args.max_latency_ms}; retry in a moment, or scale the deployment out"},
+                        status_code=503, headers={"Retry-After": "1"})
 
 
 @bentoml.service(name="headsmith-scorer", workers=1, logging={"access": {"enabled": False}})  # internal calls
@@ -73,25 +82,34 @@ class Moderation:
     def __init__(self) -> None:
         self.card = ModelCard(read_meta(self.model.path), args.name, args.version)
         self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False)
+        # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls and closes the old one with
+        # calls still in flight (bentoml/BentoML#5540, #5544), which under load fails or repeats a share of them.
+        # The scorer runs beside this service: one session, kept.
+        sessions = getattr(self.scorer.to_async, "_session_manager", None)
+        if sessions is not None:
+            sessions.max_requests = sessions.max_age = math.inf
 
-    async def _answer(self, inputs: list[str], heads: list[str] | None) -> dict:
+    async def _answer(self, inputs: list[str], heads: list[str] | None) -> dict | JSONResponse:
         try:
             heads = self.card.check_heads(heads)
         except HeadsmithError as e:
             raise _bad(str(e)) from None
-        rows = await self._scores(inputs)
+        try:
+            rows = await self._scores(inputs)
+        except ServiceUnavailable:  # the scorer's batching could not take it within max_latency_ms
+            return _overloaded()
         scores = {h: np.array([r[h] for r in rows]) for h in self.card.heads}
         return {"model": {"name": self.card.name, "version": self.card.version},
                 "results": self.card.answers(scores, heads)}
 
     async def _scores(self, inputs: list[str]) -> list[dict]:
-        """Scoring is idempotent, so a call lost to a dropped keep-alive connection between the two services (an
-        aiohttp race under load) is simply made again, once."""
+        """Scoring is idempotent, so a call lost to a keep-alive connection that the scorer closed as it was reused
+        (idle past its keep-alive timeout) is simply made again, once."""
         import aiohttp
 
         try:
             return await self.scorer.to_async.scores(inputs)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        except aiohttp.ClientConnectionError:
             return await self.scorer.to_async.scores(inputs)
 
     def _count(self, n: int, fields: str) -> None:
