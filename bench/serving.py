@@ -20,19 +20,22 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LOAD = r'''
-import json, sys, time, urllib.error, urllib.request
+import http.client, json, sys, threading, time, urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 url, key, concurrency, texts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.stdin.read())
+target = urllib.parse.urlsplit(url)
+local = threading.local()  # one kept-alive connection per client thread, as HTTP clients pool them
 def call(text):
-    body = json.dumps({"texts": [text]}).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json",
-                                                              "Authorization": f"Bearer {key}"})
+    if not hasattr(local, "connection"):
+        local.connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+    body = json.dumps({"texts": [text]})
     start = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            response.read()
-    except urllib.error.HTTPError as e:
-        raise SystemExit(f"HTTP {e.code}: {e.read()[:500]}")
+    local.connection.request("POST", target.path, body, {"Content-Type": "application/json",
+                                                          "Authorization": f"Bearer {key}"})
+    response = local.connection.getresponse()
+    answer = response.read()
+    if response.status != 200:
+        raise SystemExit(f"HTTP {response.status}: {answer[:500]}")
     return time.perf_counter() - start
 with ThreadPoolExecutor(concurrency) as pool:
     list(pool.map(call, texts[:concurrency]))  # warm-up
@@ -55,6 +58,8 @@ def main() -> int:
     import pandas as pd
 
     from headsmith.data.examples import rotten_tomatoes
+    from headsmith.errors import HeadsmithError
+    from headsmith.models.registry import register_model, resolve_model
     from headsmith.predictor import open_predictor
     from headsmith.serving.deploy import (create_deployment, create_key, delete_deployment, serve_deployment,
                                           use_bentoml_home)
@@ -64,6 +69,14 @@ def main() -> int:
     use_bentoml_home(workspace)
     texts = pd.read_csv(rotten_tomatoes(workspace.root / "bench-reviews.csv"))["text"].sample(
         args.requests, random_state=0).tolist()
+
+    try:
+        resolve_model(workspace, args.model)
+    except HeadsmithError:  # the newest finished run of that name, as `make demo` leaves it
+        runs = sorted((workspace.runs_dir / args.model).glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit(f"no model '{args.model}' and no finished run of that name: run `make demo` first")
+        print("registered", *register_model(workspace, runs[-1].parent, args.model), "from", runs[-1].parent)
 
     predictor = open_predictor(workspace, args.model)
     predictor.scores(texts[:32])  # warm-up
