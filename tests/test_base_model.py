@@ -101,7 +101,7 @@ def test_registry_versions_and_cli(base, workspace, tmp_path):
     shown = run_cli("model", "show", "base:1")
     assert shown.returncode == 0 and "head long: no, yes" in shown.stdout and "trained on snapshot reviews" in shown.stdout
     missing = run_cli("model", "show", "nope:3")
-    assert missing.returncode == 2 and "no model 'nope:3'" in missing.stdout
+    assert missing.returncode == 2 and "no model 'nope:3'" in missing.stderr
 
 
 def test_regression_gate_refuses_a_damaged_model(base, reviews_snapshot):
@@ -133,7 +133,7 @@ def test_a_run_that_fails_its_gate_is_not_registered(compose, base, short_snapsh
     gate = json.loads((run / "metrics.json").read_text())["regression_gate"]
     assert not gate["passed"] and {c["head"] for c in gate["checks"]} == {"sentiment", "long"}
     refused = run_cli("model", "register", str(run), "--name", "candidate")
-    assert refused.returncode == 2 and "failed its regression gate, so it is not registered" in refused.stdout
+    assert refused.returncode == 2 and "failed its regression gate, so it is not registered" in refused.stderr
     assert run_cli("model", "register", str(run), "--name", "candidate", "--force").returncode == 0
     passed, _ = train(compose("dataset.snapshot=short", "base_model=base", "regression_gate.golden=[reviews]",
                               f"paths.output_dir={tmp_path / 'kept'}"))

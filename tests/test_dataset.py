@@ -169,7 +169,7 @@ def test_edits_are_kept_in_history(workspace, reviews_csv, tmp_path, image_serve
 
 def test_cli_import_needs_confirmation_without_a_terminal(workspace, reviews_csv):
     result = run_cli("dataset", "import", str(reviews_csv), "--name", "r")
-    assert result.returncode == 2 and "confirm the column types with --yes" in result.stdout
+    assert result.returncode == 2 and "confirm the column types with --yes" in result.stderr
     assert "│ sentiment │ label │" in result.stdout  # the inferred mapping was shown first
     assert list_datasets(workspace) == []
     typed = run_cli("dataset", "import", str(reviews_csv), "--name", "r", "--yes", "--column", "movie=ignore")
@@ -178,7 +178,7 @@ def test_cli_import_needs_confirmation_without_a_terminal(workspace, reviews_csv
     again = run_cli("dataset", "import", str(reviews_csv), "--name", "r", "--yes", "--column", "movie=ignore")
     assert again.returncode == 0 and "imported from this file already" in again.stdout
     other = run_cli("dataset", "import", str(reviews_csv), "--name", "r", "--yes", "--column", "movie=text")
-    assert other.returncode == 2 and "a dataset named 'r' already exists" in other.stdout
+    assert other.returncode == 2 and "a dataset named 'r' already exists" in other.stderr
 
 
 def test_kill_during_import_then_resume_2000_rows(workspace, tmp_path, image_server):

@@ -54,4 +54,4 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_best_checkpoint(workspace, r
 def test_resume_names_what_is_missing(workspace, tmp_path):
     result = run_cli("train", f"resume={tmp_path}")
     assert result.returncode == 2
-    assert f"resume={tmp_path}: not a training run folder" in result.stdout
+    assert f"resume={tmp_path}: not a training run folder" in result.stderr

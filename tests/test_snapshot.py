@@ -121,10 +121,10 @@ def test_cli_snapshot_create_show_and_errors(workspace, reviews_csv):
     shown = run_cli("snapshot", "show", "cli", "--format", "json")
     assert json.loads(shown.stdout)["heads"]["sentiment"]["counts"] == {"negative": 120, "positive": 120}
     bad = run_cli("snapshot", "create", "cli", "--name", "bad", "--input", "txt", "--label", "s=sentiment")
-    assert bad.returncode == 2 and "dataset 'cli' has no column 'txt'" in bad.stdout
+    assert bad.returncode == 2 and "dataset 'cli' has no column 'txt'" in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
     missing = run_cli("snapshot", "show", "nope")
-    assert missing.returncode == 2 and "no snapshot named 'nope'" in missing.stdout
+    assert missing.returncode == 2 and "no snapshot named 'nope'" in missing.stderr
 
 
 def test_text_base_example_labels_each_row_for_one_head(tmp_path):

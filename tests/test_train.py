@@ -107,8 +107,8 @@ def test_cli_config_mistake_stops_before_training(workspace, reviews_snapshot, t
     result = run_cli("train", "dataset.snapshot=reviews", f"backbone.pretrained={tiny_backbone}", "backbone=hf_text",
                      "selection.head=toxicity", "+optimizer.momentum=0.9")
     assert result.returncode == 2
-    assert "selection.head=toxicity: not a head being trained (heads: sentiment, long)" in result.stdout
-    assert "optimizer.momentum: not an option of torch.optim.AdamW" in result.stdout
+    assert "selection.head=toxicity: not a head being trained (heads: sentiment, long)" in result.stderr
+    assert "optimizer.momentum: not an option of torch.optim.AdamW" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not list(workspace.runs_dir.rglob("*.ckpt"))
 

@@ -85,5 +85,5 @@ def test_tune_mistakes_are_named_before_any_trial(workspace, reviews_snapshot, t
     # A key the recipe does not have: Hydra's message, before the study starts.
     result = run_cli("tune", *tiny, "head.hidden=choice(8, 16)")
     assert result.returncode == 2
-    assert "Could not override 'head.hidden'" in result.stdout
+    assert "Could not override 'head.hidden'" in result.stderr
     assert not list(workspace.runs_dir.rglob("trial-*"))

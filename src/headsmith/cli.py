@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from headsmith.errors import HeadsmithError
-from headsmith.evaluation.report import console
+from headsmith.evaluation.report import console, print_error
 
 app = typer.Typer(help="Train multi-head moderation classifiers from your own data.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -40,7 +40,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except HeadsmithError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            print_error(str(e))
             raise typer.Exit(2) from None
     return wrapper
 

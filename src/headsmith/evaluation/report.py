@@ -15,6 +15,12 @@ from rich.table import Table
 
 # Long messages stay on one line, for people and for grep; tables get 120 columns in logs and pipes (not 80).
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+# Errors go to stderr: stdout is what scripts capture (`KEY=$(headsmith deploy keys create ...)`, JSON).
+error_console = Console(stderr=True, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False)
 
 
 def metrics_table(stage: str, head: str, summary: dict) -> Table:

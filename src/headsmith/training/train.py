@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from headsmith.config import config_dir, register_recipes, register_resolvers
 from headsmith.errors import HeadsmithError, RegressionGateFailed
 from headsmith.evaluation.evaluate import REPORT_FILE, evaluate
-from headsmith.evaluation.report import console, print_metrics
+from headsmith.evaluation.report import console, print_error, print_metrics
 from headsmith.evaluation.thresholds import choose_thresholds
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
@@ -247,7 +247,7 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         metrics, _ = train(cfg)
     except HeadsmithError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        print_error(str(e))
         raise SystemExit(2) from None
     finally:
         _leave_distributed(environment)
