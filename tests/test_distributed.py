@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_cli, snapshot_csv
 
-DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false"]
+DDP = ["fit=sgd", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ TESTS = str(Path(__file__).parent)
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_best_checkpoint(workspace, reviews_snapshot, tiny_backbone):
     # An MLP head with dropout: randomness in every step, which a resumed run must reproduce too.
-    recipe = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+    recipe = ["dataset.snapshot=reviews", "fit=sgd", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
               "backbone.max_tokens=32", "trainer=cpu", "trainer.max_epochs=6", "trainer.enable_progress_bar=false",
               "dataset.batch_size=32", "head=mlp", "head.hidden=16", "optimizer.lr=3e-3", "scheduler=cosine"]
     straight = run_cli("train", *recipe, "name=straight")

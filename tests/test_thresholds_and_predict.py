@@ -70,7 +70,8 @@ def test_threshold_config_mistakes_are_named(compose, reviews_snapshot, workspac
 
 
 def test_thresholds_are_stored_in_the_package_and_applied_by_predict(compose, reviews_snapshot, workspace):
-    metrics, objects = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=3", "thresholds.policy='recall>=0.8'",
+    metrics, objects = train(compose("dataset.snapshot=reviews", "fit=sgd", "trainer.max_epochs=3",
+                                     "thresholds.policy='recall>=0.8'",
                                      "+thresholds.classes={sentiment: {positive: f1}}"))
     package = Path(metrics["model"])
     stored = json.loads((package / "model.json").read_text())["heads"]["sentiment"]["thresholds"]

@@ -17,7 +17,7 @@ from conftest import run_cli, wandb_records
 
 @pytest.fixture
 def tiny(tiny_backbone):
-    return ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+    return ["dataset.snapshot=reviews", "fit=sgd", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
             "backbone.max_tokens=32", "trainer=cpu", "trainer.enable_progress_bar=false", "dataset.batch_size=32",
             "name=reviews", "selection.head=sentiment"]
 

@@ -50,11 +50,39 @@ def print_metrics(metrics: dict, stage: str = "test") -> None:
     for head, summary in metrics[stage].items():
         console.print(metrics_table(stage, head, summary))
     sel = metrics["selection"]
-    if sel["best_score"] is not None:
+    if sel.get("chosen"):
+        console.print(f"chosen by {sel['monitor']} ({sel['mode']}) on {metrics['fit']['held_out']} = "
+                      f"{sel['best_score']:.4f}: " + ", ".join(f"{h} {c}" for h, c in sel["chosen"].items()),
+                      highlight=False)
+    elif sel["best_score"] is not None:
         console.print(f"selected epoch {sel['best_epoch']} by {sel['monitor']} ({sel['mode']}) = {sel['best_score']:.4f}")
+    for warning in (metrics.get("fit") or {}).get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"model package: {metrics['model']}")
     if metrics.get("report"):
         console.print(f"report: {metrics['report']}")
+
+
+def print_search(fit: dict, monitor: str) -> None:
+    """A solved run's search, one table per head: every setting tried, its held-out score; the chosen one bold."""
+    for head, result in fit["heads"].items():
+        rows = result["search"]
+        fixed = ("head", "score", "fold_std", "iterations", "converged", "chosen")
+        params = list(dict.fromkeys(k for row in rows for k in row if k not in fixed))  # C; hidden, dropout, ...
+        table = Table(title=f"search, head '{head}': {monitor} on {fit['held_out']}", title_justify="left",
+                      box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False, show_edge=False)
+        for column in ("head", *params, "score", "± folds", "iterations", "converged"):
+            table.add_column(column, justify="left" if column == "head" else "right", no_wrap=True)
+        for row in rows:
+            table.add_row(row["head"], *("" if row.get(p) is None else f"{row[p]:g}" for p in params),
+                          f"{row['score']:.4f}", "" if row["fold_std"] is None else f"{row['fold_std']:.4f}",
+                          str(row["iterations"]), "yes" if row["converged"] else "no",
+                          style="bold green" if row["chosen"] else None)
+        convergence = result["convergence"]
+        measure = "max |gradient|" if result["chosen"]["head"] == "linear" else "last relative loss change"
+        table.caption = (f"final fit: {convergence['iterations']} iterations, {measure} {convergence['gradient']:.1e}, "
+                         f"{'converged' if convergence['converged'] else 'NOT converged'}")
+        console.print(table)
 
 
 # --- report.html: one self-contained page per evaluation (plotly's own JS inlined, no network needed) ---

@@ -11,6 +11,7 @@ from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.evaluate import evaluate
 from headsmith.models.backbones import set_backbone_mode
+from headsmith.models.heads import head_spec
 from headsmith.models.net import MultiHeadNet, module_key
 
 ACTIONS = ("retrain", "new", "keep")
@@ -58,8 +59,8 @@ def build_from_base(cfg: DictConfig, base: MultiHeadNet,
     heads, classes, specs = {}, {}, {}
     for head, action in plan.items():
         if action == "new":
-            specs[head] = {**OmegaConf.to_container(cfg.head, resolve=True), "in_dim": base.backbone.out_dim,
-                           "num_classes": len(trained[head])}
+            specs[head] = head_spec(OmegaConf.to_container(cfg.head, resolve=True), base.backbone.out_dim,
+                                    len(trained[head]))
             heads[head], classes[head] = instantiate(specs[head]), trained[head]
         else:
             heads[head] = copy.deepcopy(base.heads[module_key(head)]).requires_grad_(action == "retrain")

@@ -41,3 +41,14 @@ def selection_problems(selection, classes: dict[str, list[str]]) -> list[str]:
         if metric in ("loss", "balanced_accuracy"):
             problems.append(f"selection.class_label: {metric} has no per-class value; use f1, precision or recall")
     return problems
+
+
+def still_improving(trainer, selection: dict) -> list[str]:
+    """A trained run that used up max_epochs and scored its best in its last epoch stopped while still improving:
+    more epochs would likely help."""
+    best, last = selection["best_epoch"], trainer.current_epoch - 1
+    if best is None or trainer.max_epochs in (None, -1) or trainer.current_epoch < trainer.max_epochs or best < last:
+        return []
+    direction = "rising" if selection["mode"] == "max" else "falling"
+    return [f"stopped at max_epochs ({trainer.max_epochs}) while {selection['monitor']} was still {direction} (best "
+            f"{selection['best_score']:.4f} in the last epoch): raise trainer.max_epochs"]

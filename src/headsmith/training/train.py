@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -18,12 +19,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, read_write
 from pytorch_lightning.utilities import rank_zero_only
+from threadpoolctl import threadpool_limits
 
 from headsmith.config import config_dir, register_recipes, register_resolvers
 from headsmith.errors import HeadsmithError, RegressionGateFailed
-from headsmith.evaluation.evaluate import REPORT_FILE, evaluate
-from headsmith.evaluation.report import console, print_error, print_metrics
+from headsmith.evaluation.evaluate import REPORT_FILE, Evaluation, evaluate, score_rows
+from headsmith.evaluation.metrics import flatten, mean_over_heads
+from headsmith.evaluation.report import console, print_error, print_metrics, print_search
 from headsmith.evaluation.thresholds import choose_thresholds
+from headsmith.models.heads import head_spec
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
@@ -31,18 +35,21 @@ from headsmith.models.registry import resolve_model
 from headsmith.data.snapshot import load_snapshot
 from headsmith.training.base_model import build_from_base, regression_gate
 from headsmith.training.callbacks import EpochSeed
-from headsmith.training.embedding_cache import EmbeddingCache
+from headsmith.training.embedding_cache import EmbeddingCache, embed
+from headsmith.training.selection import still_improving
+from headsmith.training.solve import fit_rows, solve_heads, solve_warnings
 from headsmith.training.tracking import finish_wandb, log_config, log_outputs
 from headsmith.training.validate import validate_config
 from headsmith.workspace import Workspace
 
 METRICS_FILE = "metrics.json"
+SEARCH_FILE = "search.csv"  # a solved run's search: every setting tried per head, its held-out score
 EVAL_DIR = "eval"  # the test split's evaluation: eval.json, predictions.parquet, report.html, PNGs
 
 
 def build_net(cfg: DictConfig, backbone, classes: dict[str, list[str]]) -> MultiHeadNet:
     """One head per trained head, built from the `head` group with the sizes only known now."""
-    specs = {h: {**OmegaConf.to_container(cfg.head, resolve=True), "in_dim": backbone.out_dim, "num_classes": len(c)}
+    specs = {h: head_spec(OmegaConf.to_container(cfg.head, resolve=True), backbone.out_dim, len(c))
              for h, c in classes.items()}
     return MultiHeadNet(backbone, {h: instantiate(spec) for h, spec in specs.items()}, classes, specs)
 
@@ -98,6 +105,69 @@ def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dic
     return result
 
 
+def _fit_by_training(cfg: DictConfig, net: MultiHeadNet, base: MultiHeadNet | None, kept: list[str], datamodule,
+                     resume_from: str | None, extra_callbacks) -> tuple[pl.Trainer, MultiHeadClassifier, dict]:
+    """Lightning's loop: epochs, the selection rule's best checkpoint, early stopping; then the best checkpoint
+    validated and tested (every rank's rows under DDP)."""
+    # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
+    teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
+    # Under DDP, epoch-level values come from torchmetrics (computed over every rank's rows) or are held-out losses
+    # logged with sync_dist; the training loss shown is rank 0's. Lightning's advice to sync them does not apply.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True")
+    model = MultiHeadClassifier(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        class_weights=datamodule.class_weights() if cfg.class_weights == "balanced" else None,
+        teacher=teacher, kept_heads=kept, distillation=cfg.distillation,
+    )
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), EpochSeed(cfg.seed), *extra_callbacks]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
+                                      logger=_instantiate_all(cfg.get("logger")) or False,
+                                      default_root_dir=cfg.paths.output_dir)
+    csv_history = _set_csv_history_aside(trainer) if resume_from and trainer.is_global_zero else {}
+    log_config(trainer.loggers, cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    return trainer, model, csv_history
+
+
+def _solve(cfg: DictConfig, net: MultiHeadNet, plan: dict[str, str], datamodule, features: torch.Tensor,
+           output_dir: Path) -> tuple[Evaluation, dict, dict]:
+    """Every trained head solved on the frozen backbone's embeddings, its setting chosen by cross-validation (see
+    solve.py). Returns the held-out evaluation (validation: out-of-fold predictions), the selection block and the
+    fit's report (chosen settings, the search's table, convergence), also written to search.csv and printed."""
+    started = time.monotonic()
+    rows = fit_rows(datamodule.splits)
+    # numpy's and scipy's OpenBLAS each keep a thread pool; on these small products they spin against each other
+    # (5x slower on 2 cores). One BLAS thread is the fast setting here.
+    with threadpool_limits(1, user_api="blas"):
+        solutions, held = solve_heads(net, plan, rows, features.numpy(), cfg.fit,
+                                      OmegaConf.to_container(cfg.head, resolve=True), cfg.selection,
+                                      balanced=cfg.class_weights == "balanced", seed=cfg.seed)
+    scores = score_rows(net, datamodule.snapshot, held, features)
+    for head, solution in solutions.items():  # each head's answers on the rows it was not fit on
+        scores[head][solution.held_out_rows] = solution.held_out
+    val = Evaluation(net, datamodule.snapshot, held, scores, model={}, split="val")
+    judged = [s.score for h, s in solutions.items() if cfg.selection.head in (None, h)]
+    selection = {"monitor": cfg.selection.monitor, "mode": cfg.selection.mode,
+                 "best_score": sum(judged) / len(judged), "best_epoch": None, "checkpoint": None,
+                 "chosen": {h: str(s.chosen) for h, s in solutions.items()}}
+    folds = int(cfg.fit.folds)
+    fit = {"method": "solve", "folds": folds,
+           "held_out": (f"out-of-fold predictions, {folds}-fold cross-validation over the non-test rows" if folds
+                        else "the validation split"),
+           "seconds": round(time.monotonic() - started, 2),
+           "heads": {h: s.summary() for h, s in solutions.items()}, "warnings": solve_warnings(solutions, cfg.fit)}
+    pd.DataFrame([{"head_name": h, **row} for h, s in solutions.items() for row in s.table]).to_csv(
+        output_dir / SEARCH_FILE, index=False)
+    print_search(fit, cfg.selection.monitor)
+    return val, selection, fit
+
+
 def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, dict]:
     resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None  # before any weight is loaded
     workspace = Workspace(cfg.paths.workspace)
@@ -118,74 +188,78 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     else:
         net, plan = build_net(cfg, backbone, datamodule.classes), {h: "new" for h in datamodule.classes}
     kept = [h for h, action in plan.items() if action == "keep"]
-    # Kept heads can only drift when the backbone trains: then the base model teaches them (distillation).
-    teacher = base if kept and not net.backbone_frozen and cfg.distillation.weight > 0 else None
+    solved = net.backbone_frozen and cfg.fit.method == "solve"
 
-    def features_of(snapshot):  # the frozen backbone's cached embeddings of all the snapshot's rows, if any
+    def features_of(snapshot):  # the frozen backbone's embeddings of all the snapshot's rows, if known
         return None
 
-    # Under DDP, epoch-level values come from torchmetrics (computed over every rank's rows) or are held-out losses
-    # logged with sync_dist; the training loss shown is rank 0's. Lightning's advice to sync them does not apply.
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True")
     if net.backbone_frozen:
         # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         if cfg.embedding_cache:
-            cache = EmbeddingCache(workspace)
-            features_of = functools.partial(cache.features, backbone=net.backbone)
+            features_of = functools.partial(EmbeddingCache(workspace).features, backbone=net.backbone)
+        elif solved:  # a solve needs every row's embedding at once: computed here, kept in memory only
+            features_of = functools.cache(lambda snapshot: embed(net.backbone, snapshot.frame()["input"].tolist(),
+                                                                 load=snapshot.load_inputs))
+    parts = {"net": net, "datamodule": datamodule}
+    csv_history = {}
+    if solved:
+        if rank_zero_only.rank != 0:
+            return {}, parts  # torchrun's other ranks: a solved head is fit once, on rank 0
+        loggers = _instantiate_all(cfg.get("logger"))
+        log_config(loggers, cfg)
+        val, selection, fit = _solve(cfg, net, plan, datamodule, features_of(datamodule.snapshot), output_dir)
+        logged = mean_over_heads("val", val.metrics)
+        for head, summary in val.metrics.items():
+            logged.update(flatten("val", head, summary))
+        for logger in loggers:
+            logger.log_metrics(logged, step=0)
+            logger.save()
+        epochs_trained = None
+    else:
+        if net.backbone_frozen and cfg.embedding_cache:
             datamodule.use_features(features_of)
-    model = MultiHeadClassifier(
-        net,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        class_weights=datamodule.class_weights() if cfg.class_weights == "balanced" else None,
-        teacher=teacher, kept_heads=kept, distillation=cfg.distillation,
-    )
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), EpochSeed(cfg.seed), *extra_callbacks]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                                      logger=_instantiate_all(cfg.get("logger")) or False,
-                                      default_root_dir=str(output_dir))
-    csv_history = _set_csv_history_aside(trainer) if resume_from and trainer.is_global_zero else {}
-    log_config(trainer.loggers, cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+        trainer, model, csv_history = _fit_by_training(cfg, net, base, kept, datamodule, resume_from, extra_callbacks)
+        parts.update(trainer=trainer, model=model)
+        if not trainer.is_global_zero:
+            return {}, parts  # the other DDP ranks are done: what follows runs once, on rank 0
+        loggers = trainer.loggers
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        selection = {
+            "monitor": cfg.selection.monitor,
+            "mode": cfg.selection.mode,
+            "best_score": float(trainer.checkpoint_callback.best_model_score) if best else None,
+            "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"] if best else None,
+            "checkpoint": best or None,
+        }
+        fit = {"method": "train", "warnings": still_improving(trainer, selection)}
+        epochs_trained = trainer.current_epoch
+        val = evaluate(net, datamodule.snapshot, datamodule.splits["val"], features_of(datamodule.snapshot),
+                       split="val")
 
-    # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    parts = {"trainer": trainer, "model": model, "datamodule": datamodule}
-    if not trainer.is_global_zero:
-        return {}, parts  # the other DDP ranks are done: what follows runs once, on rank 0
-
-    # Thresholds by policy on the validation split (kept heads keep the base model's); then the test evaluation.
-    val = evaluate(net, datamodule.snapshot, datamodule.splits["val"], features_of(datamodule.snapshot),
-                   split="val")
+    # Thresholds by policy on held-out predictions (kept heads keep the base model's); then the test evaluation.
     net.thresholds = {**{h: base.thresholds[h] for h in kept if h in base.thresholds},
                       **choose_thresholds(val, cfg.thresholds, [h for h, a in plan.items() if a != "keep"])}
     test_snapshot = datamodule.test_snapshot or datamodule.snapshot
     test = evaluate(net, test_snapshot, datamodule.splits["test"], features_of(test_snapshot),
                     model={"name": cfg.name, "path": str(output_dir / "model")}, split="test")
 
+
     snapshots = {"train": datamodule.snapshot.manifest.ref(),
                  "test": datamodule.test_snapshot.manifest.ref() if datamodule.test_snapshot else None}
     metrics = {
         "name": cfg.name,
-        "selection": {
-            "monitor": cfg.selection.monitor,
-            "mode": cfg.selection.mode,
-            "best_score": float(trainer.checkpoint_callback.best_model_score) if best else None,
-            "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"] if best else None,
-            "checkpoint": best or None,
-        },
-        "epochs_trained": trainer.current_epoch,
+        "selection": selection,
+        "fit": fit,
+        "epochs_trained": epochs_trained,
         "splits": datamodule.split_sizes(),
         "leakage": leakage,
-        "val": model.results.get("val", {}),
+        "val": val.metrics,
         "test": test.metrics,
         "thresholds": net.thresholds,
         "report": str(output_dir / EVAL_DIR / REPORT_FILE),
         "heads": plan,
-        "agreement_with_base": model.agreement,
+        "agreement_with_base": parts["model"].agreement if "model" in parts else {},
     }
     lineage = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -207,7 +281,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
         package = writing.result()
     metrics["model"] = str(package)
     (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    log_outputs(trainer.loggers, cfg.name, output_dir, output_dir / EVAL_DIR, package, metrics)
+    log_outputs(loggers, cfg.name, output_dir, output_dir / EVAL_DIR, package, metrics)
     gate = metrics.get("regression_gate")
     if gate and not gate["passed"]:
         raise RegressionGateFailed(gate["failures"], output_dir)

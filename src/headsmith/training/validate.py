@@ -21,7 +21,7 @@ from headsmith.training.base_model import plan_problems
 from headsmith.training.selection import selection_problems
 from headsmith.workspace import Workspace
 
-TOP_LEVEL = {"dataset", "backbone", "head", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
+TOP_LEVEL = {"dataset", "backbone", "head", "fit", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
              "paths", "name", "seed", "class_weights",
              "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds", "resume",
              "tune"}
@@ -112,8 +112,9 @@ def static_problems(cfg: DictConfig) -> list[str]:
                 for k in cfg if k not in TOP_LEVEL]
     for key in OmegaConf.missing_keys(cfg):
         problems.append(f"{key} is required: set it in the recipe or pass {key}=VALUE")
+    auto_head = cfg.get("head") is not None and "candidates" in cfg.head
     for group in ("dataset", "backbone", "head", "optimizer", "scheduler", "trainer"):
-        if cfg.get(group) is not None:
+        if cfg.get(group) is not None and not (group == "head" and auto_head):
             problems += target_problems(group, cfg[group], RUNTIME_ARGS.get(group, set()))
     for group in ("logger", "callbacks"):
         for name, node in (cfg.get(group) or {}).items():
@@ -121,10 +122,19 @@ def static_problems(cfg: DictConfig) -> list[str]:
                 problems += target_problems(f"{group}.{name}", node, RUNTIME_ARGS.get(group, set()))
     if cfg.backbone.get("mode") not in BACKBONE_MODES:
         problems.append(f"backbone.mode={cfg.backbone.get('mode')}: choose one of {', '.join(BACKBONE_MODES)}")
-    if cfg.backbone.get("augment") and cfg.backbone.get("mode") == "frozen" and cfg.get("embedding_cache") is True:
+    solved = cfg.backbone.get("mode") == "frozen" and (cfg.get("fit") or {}).get("method") == "solve"
+    if cfg.backbone.get("augment") and solved:
+        problems.append("backbone.augment: a solved head (frozen backbone, fit=solve) is fit on each image's one "
+                        "embedding, so augmentations would never be seen; use fit=sgd embedding_cache=false (slower: "
+                        "the backbone runs every step) or backbone.augment=[]")
+    elif cfg.backbone.get("augment") and cfg.backbone.get("mode") == "frozen" and cfg.get("embedding_cache") is True:
         problems.append("backbone.augment: a frozen backbone with embedding_cache=true embeds each image once, so "
                         "augmentations would never be seen; set embedding_cache=false (slower: the backbone runs every "
                         "step) or backbone.augment=[]")
+    if auto_head and not solved:
+        problems.append("head=auto: linear or MLP is chosen by solving each head on a frozen backbone's embeddings; "
+                        "set backbone.mode=frozen and fit=solve, or pick head=linear or head=mlp")
+    problems += fit_problems(cfg.get("fit"))
     if cfg.get("class_weights") not in ("balanced", "none"):
         problems.append(f"class_weights={cfg.get('class_weights')}: choose balanced or none")
     problems += policy_problems(_plain(cfg.get("thresholds")))
@@ -140,6 +150,42 @@ def static_problems(cfg: DictConfig) -> list[str]:
     if not problems and not ds.test_snapshot and not 0 < ds.val_fraction + ds.test_fraction < 1:
         problems.append(f"dataset.val_fraction + dataset.test_fraction = {ds.val_fraction + ds.test_fraction}: "
                         "leave rows to train on (and above 0 test_fraction, or set dataset.test_snapshot)")
+    return problems
+
+
+def fit_problems(fit) -> list[str]:
+    """The `fit` group: method, and a solve's folds, grids and tolerances."""
+    if fit is None or fit.get("method") not in ("solve", "sgd"):
+        return [f"fit.method={None if fit is None else fit.get('method')}: choose fit=solve or fit=sgd"]
+    if fit.method == "sgd":
+        return []
+    problems = []
+    folds = fit.get("folds")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 0 or folds == 1:
+        problems.append(f"fit.folds={folds}: a number of folds from 2 (k-fold cross-validation on the non-test rows), "
+                        "or 0 (choose on the validation split)")
+
+    def positive_list(key, values, integer=False, below_one=False):
+        values = _plain(values)
+        ok = (isinstance(values, list) and values and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (v >= 0 if below_one else v > 0)
+            and (not integer or float(v).is_integer()) and (not below_one or v < 1) for v in values))
+        if not ok:
+            kind = "shares from 0 to below 1" if below_one else ("positive integers" if integer else "positive numbers")
+            problems.append(f"{key}={values}: a non-empty list of {kind}, e.g. {key}=[1,10]")
+
+    positive_list("fit.C", fit.get("C"))
+    mlp = fit.get("mlp") or {}
+    positive_list("fit.mlp.hidden", mlp.get("hidden"), integer=True)
+    positive_list("fit.mlp.dropout", mlp.get("dropout"), below_one=True)
+    positive_list("fit.mlp.weight_decay", mlp.get("weight_decay"))
+    for key, value in [("fit.tol", fit.get("tol")), ("fit.mlp.lr", mlp.get("lr"))]:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            problems.append(f"{key}={value}: a positive number")
+    for key, value in [("fit.max_iter", fit.get("max_iter")), ("fit.mlp.batch_size", mlp.get("batch_size")),
+                       ("fit.mlp.max_epochs", mlp.get("max_epochs")), ("fit.mlp.patience", mlp.get("patience"))]:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{key}={value}: a positive whole number")
     return problems
 
 

@@ -1,0 +1,386 @@
+"""Frozen heads solved, not trained by luck.
+
+With a frozen backbone each head is a fixed-feature problem. The linear head is a multinomial logistic regression,
+solved to convergence by full-batch L-BFGS on the cached embeddings (scikit-learn's method, with its `C`); the MLP
+head is trained with a plateau schedule until its loss stops falling. Each head's regularization (for an MLP also
+its width and dropout; for `head=auto`, linear or MLP) is chosen by k-fold cross-validation on the non-test rows,
+scored by the selection rule; the final fit then uses all of them, and the out-of-fold predictions at the chosen
+setting stand in for validation data (thresholds, the `val` metrics): never rows a head was fit on. With `folds: 0`
+the validation split is the held-out part and the final fit uses the training split.
+
+L2 pulls a new head toward zero and a re-trained head toward the base head's weights (its prior), so a small
+snapshot nudges a base head instead of replacing it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.optimize
+import torch
+from torch.nn import functional as F
+
+from headsmith.errors import HeadsmithError
+from headsmith.evaluation.metrics import head_metrics, summarize
+from headsmith.models.heads import LinearHead, MLPHead
+from headsmith.models.net import MultiHeadNet, module_key
+
+HEAD_KINDS = {"linear": LinearHead, "mlp": MLPHead}
+TARGETS = {f"{cls.__module__}.{cls.__qualname__}": kind for kind, cls in HEAD_KINDS.items()}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of a head's search: its kind and the values that regularize it."""
+    kind: str  # linear | mlp
+    params: tuple[tuple[str, float], ...]
+
+    def __str__(self) -> str:
+        return " ".join([self.kind, *(f"{k}={v:g}" for k, v in self.params)])
+
+    @property
+    def values(self) -> dict:
+        return dict(self.params)
+
+
+@dataclass
+class Fit:
+    """A fitted head: its weights (the head module's state dict) and how the fit ended."""
+    state: dict[str, torch.Tensor]
+    iterations: int
+    gradient: float  # linear: max |gradient| of the objective at the end; MLP: last epoch's relative loss change
+    converged: bool
+
+
+@dataclass
+class HeadSolution:
+    chosen: Setting
+    score: float  # the selection rule's value on the held-out predictions at `chosen`
+    fit: Fit  # the final fit
+    held_out: np.ndarray  # probabilities of the held-out rows at `chosen` (rows of `held_out_index`)
+    held_out_index: np.ndarray  # which fit rows those are (positions in the head's rows)
+    table: list[dict] = field(default_factory=list)  # one row per setting searched
+    held_out_rows: np.ndarray | None = None  # where those rows are in the held-out frame (solve_heads)
+
+    def summary(self) -> dict:
+        return {"chosen": {"head": self.chosen.kind, **self.chosen.values}, "score": self.score,
+                "convergence": {"iterations": self.fit.iterations, "gradient": self.fit.gradient,
+                                "converged": self.fit.converged},
+                "search": self.table}
+
+
+# --- the linear head: multinomial logistic regression, exactly ---
+
+def fit_linear(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, sample_weight: np.ndarray | None = None,
+               prior: tuple[np.ndarray, np.ndarray] | None = None, init: tuple[np.ndarray, np.ndarray] | None = None,
+               tol: float = 1e-6, max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray, Fit]:
+    """Minimize sum_i s_i CE_i / sum_i s_i + ||w - w0||^2 / (2 C sum_i s_i): scikit-learn's objective for the same C
+    (divided by C sum_i s_i), biases not penalized, w0 the `prior` (else zero). Two classes are one logistic
+    regression on w = W[1] - W[0] (what scikit-learn fits), returned as the softmax weights [-w/2, w/2] that give the
+    same probabilities. `x` may be float32: reading it is the cost, so that halves it; sums are float64. Returns
+    the softmax weights (k x d), biases (k) and the fit."""
+    xt = np.ascontiguousarray(np.asarray(x).T)  # d x n: both products below read it in memory order
+    d, n = xt.shape
+    binary = num_classes == 2
+    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    scale = s / s.sum()
+    alpha = 1.0 / (C * s.sum())
+
+    def as_vector(pair):  # softmax weights -> this problem's parameters
+        w, b = np.asarray(pair[0], dtype=np.float64), np.asarray(pair[1], dtype=np.float64)
+        return np.concatenate([w[1] - w[0], [b[1] - b[0]]]) if binary else np.concatenate([w.ravel(), b])
+
+    k = 1 if binary else num_classes
+    w0 = np.zeros((k, d)) if prior is None else as_vector(prior)[:k * d].reshape(k, d)
+    start = init if init is not None else prior
+    theta = np.zeros(k * d + k) if start is None else as_vector(start)
+    onehot = (y == 1).astype(np.float64)[None, :] if binary else np.eye(num_classes)[:, y]  # k x n
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:k * d].reshape(k, d), theta[k * d:]
+        z = (w.astype(xt.dtype) @ xt).astype(np.float64) + b[:, None]  # k x n logits
+        if binary:  # log(1 + e^z) - y z, and its derivative sigmoid(z) - y
+            loss = np.logaddexp(0.0, z) - onehot * z
+            g = (1.0 / (1.0 + np.exp(-z)) - onehot) * scale
+        else:
+            z -= z.max(0, keepdims=True)
+            log_norm = np.log(np.exp(z).sum(0))
+            loss = log_norm - (z * onehot).sum(0)
+            g = (np.exp(z - log_norm) - onehot) * scale
+        diff = w - w0
+        value = float(loss.ravel() @ np.broadcast_to(scale, loss.shape).ravel()) if binary else float(loss @ scale)
+        grad_w = (xt @ g.T.astype(xt.dtype)).T.astype(np.float64) + alpha * diff
+        return value + 0.5 * alpha * float((diff * diff).sum()), np.concatenate([grad_w.ravel(), g.sum(1)])
+
+    result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
+                                     options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                              "ftol": 64 * np.finfo(float).eps})
+    gradient = float(np.abs(result.jac).max())
+    w, b = result.x[:k * d].reshape(k, d), result.x[k * d:]
+    if binary:
+        w, b = np.concatenate([-w / 2, w / 2]), np.array([-b[0] / 2, b[0] / 2])
+    state = {"1.weight": torch.tensor(w, dtype=torch.float32), "1.bias": torch.tensor(b, dtype=torch.float32)}
+    return w, b, Fit(state, int(result.nit), gradient, gradient <= tol or bool(result.success))
+
+
+def linear_probabilities(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    z = np.asarray(x, dtype=np.float64) @ w.T + b
+    z -= z.max(1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
+
+
+# --- the MLP head: Adam with a plateau schedule, until the loss stops falling ---
+
+def fit_mlp(x: torch.Tensor, y: torch.Tensor, num_classes: int, hidden: int, dropout: float, weight_decay: float,
+            class_weight: torch.Tensor | None = None, prior: dict[str, torch.Tensor] | None = None,
+            init: dict[str, torch.Tensor] | None = None, seed: int = 0, lr: float = 1e-3, batch_size: int = 256,
+            max_epochs: int = 200, patience: int = 3, tol: float = 1e-4) -> Fit:
+    """L2 (`weight_decay`/2 x ||theta - theta0||^2, theta0 = `prior` or zero) on every weight; the learning rate drops
+    tenfold when the epoch's loss has not fallen by a relative `tol` for `patience` epochs, and the fit ends after
+    the third drop (converged) or at `max_epochs` (not)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the head's initial weights and dropout
+    head = MLPHead(x.shape[1], num_classes, hidden=hidden, dropout=dropout)
+    if init is not None:
+        head.load_state_dict(init)
+    anchors = {name: (prior[name] if prior is not None else torch.zeros_like(p)) for name, p in
+               head.named_parameters()}
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    best, stale, drops, epoch, change = math.inf, 0, 0, 0, math.inf
+    head.train()
+    for epoch in range(1, max_epochs + 1):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            rows = order[start:start + batch_size]
+            loss = F.cross_entropy(head(x[rows]), y[rows], weight=class_weight)
+            penalty = sum(((p - anchors[name]) ** 2).sum() for name, p in head.named_parameters())
+            optimizer.zero_grad()
+            (loss + 0.5 * weight_decay * penalty).backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        total /= len(x)
+        change = (best - total) / max(abs(best), 1e-12) if best < math.inf else math.inf
+        if change > tol:
+            best, stale = total, 0
+        else:
+            stale += 1
+        if stale >= patience:
+            drops, stale = drops + 1, 0
+            if drops == 3:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+    head.eval()
+    return Fit({k: v.detach().clone() for k, v in head.state_dict().items()}, epoch, float(change), drops == 3)
+
+
+@torch.inference_mode()
+def mlp_probabilities(x: torch.Tensor, state: dict[str, torch.Tensor], num_classes: int, hidden: int) -> np.ndarray:
+    head = MLPHead(x.shape[1], num_classes, hidden=hidden)
+    head.load_state_dict(state)
+    return torch.softmax(head.eval()(x), -1).double().numpy()
+
+
+# --- cross-validation ---
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number per row; each class is dealt round-robin over the folds after a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for label in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == label))
+        fold[rows] = (np.arange(len(rows)) + offset) % folds
+        offset += len(rows)  # classes whose sizes are not multiples of k do not all pile into the first folds
+    return fold
+
+
+def balanced_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """n / (k * n_class) per class, as `class_weights: balanced` (and scikit-learn's) defines it."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    return len(y) / (num_classes * np.maximum(counts, 1))
+
+
+def rule_score(probabilities: np.ndarray, y: np.ndarray, classes: list[str], metric: str,
+               class_label: str | None) -> float:
+    """The selection rule's value on held-out predictions: a macro metric, one class's, or the log loss."""
+    if metric == "loss":
+        picked = probabilities[np.arange(len(y)), y]
+        return float(-np.log(np.clip(picked, 1e-15, None)).mean())
+    summary = summarize(head_metrics(len(classes))(torch.tensor(probabilities), torch.tensor(y)), classes)
+    return summary["classes"][class_label][metric] if class_label else summary[metric]
+
+
+def search_space(kind: str, settings, fixed: dict | None = None) -> list[Setting]:
+    """The settings a head of `kind` (linear | mlp | auto) is searched over; `fixed`: values the head must keep
+    (a re-trained MLP keeps the base head's width)."""
+    space = []
+    if kind in ("linear", "auto"):
+        space += [Setting("linear", (("C", float(c)),)) for c in sorted(settings.C)]
+    if kind in ("mlp", "auto"):
+        mlp = settings.mlp
+        hidden = [fixed["hidden"]] if fixed and "hidden" in fixed else sorted(mlp.hidden)
+        space += [Setting("mlp", (("hidden", int(h)), ("dropout", float(p)), ("weight_decay", float(w))))
+                  for h, p, w in itertools.product(hidden, sorted(mlp.dropout), sorted(mlp.weight_decay, reverse=True))]
+    return space
+
+
+class HeadSolver:
+    """Searches one head's settings by cross-validation, then fits the chosen one for good."""
+
+    def __init__(self, settings, classes: list[str], rule: tuple[str, str | None, str], balanced: bool, seed: int,
+                 prior: dict[str, torch.Tensor] | None = None):
+        self.settings, self.classes, self.balanced, self.seed = settings, classes, balanced, seed
+        self.metric, self.class_label, self.mode = rule
+        self.prior = prior  # the base head's weights, for a re-trained head
+
+    def _weights(self, y: np.ndarray) -> np.ndarray | None:
+        return balanced_weights(y, len(self.classes)) if self.balanced else None
+
+    def _fit(self, setting: Setting, x: np.ndarray, y: np.ndarray, warm: dict) -> tuple[Fit, callable]:
+        """Fit `setting` on (x, y); returns the fit and a function giving probabilities of other rows. `warm` holds
+        the previous linear solution of this split, a start for the next C (the path of C is ascending)."""
+        k, values, weights = len(self.classes), setting.values, self._weights(y)
+        if setting.kind == "linear":
+            prior = (None if self.prior is None
+                     else (self.prior["1.weight"].double().numpy(), self.prior["1.bias"].double().numpy()))
+            w, b, fit = fit_linear(x, y, k, values["C"], None if weights is None else weights[y], prior=prior,
+                                   init=warm.get("linear"), tol=self.settings.tol, max_iter=self.settings.max_iter)
+            warm["linear"] = (w, b)
+            return fit, lambda rows: linear_probabilities(rows, w, b)
+        mlp = self.settings.mlp
+        fit = fit_mlp(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), k, values["hidden"],
+                      values["dropout"], values["weight_decay"],
+                      None if weights is None else torch.tensor(weights, dtype=torch.float32),
+                      prior=self.prior, init=self.prior, seed=self.seed, lr=mlp.lr, batch_size=mlp.batch_size,
+                      max_epochs=mlp.max_epochs, patience=mlp.patience)
+        return fit, lambda rows: mlp_probabilities(torch.as_tensor(rows, dtype=torch.float32), fit.state, k,
+                                                   values["hidden"])
+
+    def solve(self, x: np.ndarray, y: np.ndarray, space: list[Setting], splits: list[tuple[np.ndarray, np.ndarray]],
+              refit: bool) -> HeadSolution:
+        """`splits`: (fit rows, held-out rows) pairs over (x, y); `refit`: fit the chosen setting on every row
+        afterwards (k-fold), else the single split's fit is the final one (validation split)."""
+        held_out_index = np.concatenate([held for _, held in splits])
+        warm = [{} for _ in splits]
+        results = []
+        for setting in space:
+            probabilities, fits = [], []
+            for split, (fit_rows, held) in enumerate(splits):
+                fit, predict = self._fit(setting, x[fit_rows], y[fit_rows], warm[split])
+                probabilities.append(predict(x[held]))
+                fits.append(fit)
+            held_out = np.concatenate(probabilities)
+            score = rule_score(held_out, y[held_out_index], self.classes, self.metric, self.class_label)
+            fold_scores = [rule_score(p, y[held], self.classes, self.metric, self.class_label)
+                           for p, (_, held) in zip(probabilities, splits)]
+            results.append((setting, score, held_out, fits, {
+                "head": setting.kind, **setting.values, "score": score,
+                "fold_std": float(np.std(fold_scores)) if len(fold_scores) > 1 else None,
+                "iterations": max(f.iterations for f in fits), "converged": all(f.converged for f in fits),
+                "chosen": False}))
+        sign = 1 if self.mode == "max" else -1
+        # The best score wins; on a tie, the more regularized setting (the search space lists those first).
+        best = max(range(len(results)), key=lambda i: (round(sign * results[i][1], 12), -i))
+        setting, score, held_out, fits, _ = results[best]
+        results[best][-1]["chosen"] = True
+        # Searching reads float32 embeddings (twice as fast); the final fit float64, to converge to `tol` exactly.
+        final = self._fit(setting, x.astype(np.float64), y, {})[0] if refit else fits[0]
+        return HeadSolution(setting, float(score), final, held_out, held_out_index, [r[-1] for r in results])
+
+
+# --- every trained head of a network ---
+
+def head_kind(spec: dict) -> str:
+    """linear | mlp | auto, from a head spec (a `head` group node, or a package's head spec)."""
+    if spec.get("candidates"):
+        return "auto"
+    kind = TARGETS.get(spec.get("_target_"))
+    if kind is None:
+        raise HeadsmithError(f"head {spec.get('_target_')}: only {', '.join(TARGETS)} can be solved; use fit=sgd")
+    return kind
+
+
+def build_head(setting: Setting, in_dim: int, num_classes: int, state: dict[str, torch.Tensor]) -> tuple:
+    """The head module a setting describes, with its fitted weights, and the spec a package rebuilds it from."""
+    spec = {"_target_": next(t for t, k in TARGETS.items() if k == setting.kind), "in_dim": in_dim,
+            "num_classes": num_classes}
+    spec.update({"dropout": 0.0} if setting.kind == "linear"
+                else {"hidden": setting.values["hidden"], "dropout": setting.values["dropout"]})
+    module = HEAD_KINDS[setting.kind](**{k: v for k, v in spec.items() if k != "_target_"})
+    module.load_state_dict(state)
+    return module.eval(), spec
+
+
+def fit_rows(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The non-test rows: training then validation split, `part` saying which."""
+    return pd.concat([splits["train"].assign(part="train"), splits["val"].assign(part="val")], ignore_index=True)
+
+
+def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, features: np.ndarray, settings,
+                new_head: dict, selection, balanced: bool, seed: int) -> tuple[dict[str, HeadSolution], pd.DataFrame]:
+    """Solve every head `plan` trains (new, retrain) on `rows` (fit_rows: `position` indexes `features`), replacing
+    it in `net`. Returns each head's solution and the held-out frame: all of `rows` (k-fold), or its validation
+    part (`settings.folds: 0`), whose predictions at the chosen settings the solutions hold."""
+    folds = int(settings.folds)
+    held_frame = rows if folds else rows[rows["part"] == "val"].reset_index(drop=True)
+    solutions = {}
+    for head, action in plan.items():
+        if action == "keep":
+            continue
+        classes = net.classes[head]
+        labelled = np.flatnonzero(rows[head].notna().to_numpy())
+        x = features[rows["position"].to_numpy()[labelled]].astype(np.float32)
+        y = rows[head].iloc[labelled].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        if folds:
+            smallest = int(np.bincount(y, minlength=len(classes)).min())
+            k = min(folds, smallest)
+            if k < 2:
+                raise HeadsmithError(f"head '{head}': class '{classes[int(np.argmin(np.bincount(y, minlength=len(classes))))]}' "
+                                     f"has {smallest} non-test row(s); {folds}-fold cross-validation needs at least 2. "
+                                     "Add rows of that class, or choose on the validation split: fit.folds=0")
+            fold = stratified_folds(y, k, seed)
+            splits = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+        else:
+            is_val = (rows["part"].iloc[labelled] == "val").to_numpy()
+            splits = [(np.flatnonzero(~is_val), np.flatnonzero(is_val))]
+        key = module_key(head)
+        retrain = action == "retrain"
+        spec = net.head_specs[head] if retrain else new_head
+        kind = head_kind(spec)
+        prior = {k: v.detach().clone() for k, v in net.heads[key].state_dict().items()} if retrain else None
+        rule = (selection.metric, selection.class_label if selection.head == head else None, selection.mode)
+        space = search_space(kind, settings, fixed={"hidden": spec["hidden"]} if retrain and kind == "mlp" else None)
+        solution = HeadSolver(settings, classes, rule, balanced, seed, prior=prior).solve(x, y, space, splits,
+                                                                                          refit=bool(folds))
+        net.heads[key], net.head_specs[head] = build_head(solution.chosen, x.shape[1], len(classes),
+                                                          solution.fit.state)
+        # positions of the held-out rows in `held_frame`
+        where = labelled[solution.held_out_index]
+        solution.held_out_rows = where if folds else np.searchsorted(np.flatnonzero(rows["part"] == "val"), where)
+        solutions[head] = solution
+    return solutions, held_frame
+
+
+def solve_warnings(solutions: dict[str, HeadSolution], settings) -> list[str]:
+    """What a person should act on: a final fit that did not converge, a choice at the edge of its grid."""
+    found = []
+    for head, solution in solutions.items():
+        fit, chosen = solution.fit, solution.chosen
+        if not fit.converged:
+            found.append(f"head '{head}': the final fit of {chosen} did not converge in {fit.iterations} "
+                         + (f"iterations (max |gradient| {fit.gradient:.1e} > fit.tol={settings.tol:g}); raise "
+                            "fit.max_iter" if chosen.kind == "linear" else "epochs; raise fit.mlp.max_epochs"))
+        grids = {"C": settings.C} if chosen.kind == "linear" else {"weight_decay": settings.mlp.weight_decay}
+        for name, grid in grids.items():
+            value = chosen.values[name]
+            if len(grid) > 1 and value in (min(grid), max(grid)):
+                key = "fit.C" if name == "C" else "fit.mlp.weight_decay"
+                found.append(f"head '{head}': {name}={value:g} is at the edge of the searched grid ({key}): the best "
+                             "setting may lie beyond it; widen the grid")
+    return found

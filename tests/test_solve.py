@@ -1,0 +1,187 @@
+"""Solved heads: fit to convergence, equal to scikit-learn's logistic regression, regularization chosen on held-out
+rows only, re-trained heads pulled toward the base, thresholds from out-of-fold predictions; and the warning for a
+trained run that stopped while still improving."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.linear_model as sk_linear
+from sklearn.datasets import load_digits
+
+from headsmith import load_model
+from headsmith.errors import ConfigError
+from headsmith.evaluation.metrics import pr_curve
+from headsmith.evaluation.thresholds import Policy, choose_threshold
+from headsmith.training.embedding_cache import EmbeddingCache
+from headsmith.training.solve import fit_linear, linear_probabilities, stratified_folds
+from headsmith.training.train import SEARCH_FILE, train
+from headsmith.training.validate import validate_config
+
+from conftest import snapshot_csv
+
+
+def digits(classes):
+    x, y = load_digits(return_X_y=True)
+    keep = np.isin(y, classes)
+    return x[keep] / 16.0, np.searchsorted(classes, y[keep])
+
+
+@pytest.mark.parametrize("classes, C, balanced", [([3, 8], 0.05, False), ([3, 8], 1.0, True),
+                                                   ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0.3, True)])
+def test_linear_solve_converges_and_equals_scikit_learn(classes, C, balanced):
+    x, y = digits(classes)
+    x, y = x[::2], y[::2]  # fewer rows than features per class: regularization matters
+    weights = np.bincount(y) if balanced else None
+    sample_weight = len(y) / (len(classes) * weights[y]) if balanced else None
+    w, b, fit = fit_linear(x, y, len(classes), C, sample_weight, tol=1e-8)
+    assert fit.converged and fit.gradient < 1e-8  # max |gradient| of the objective at the end
+    ours = linear_probabilities(x, w, b)
+    reference = sk_linear.LogisticRegression(C=C, class_weight="balanced" if balanced else None, tol=1e-10,
+                                             max_iter=10_000).fit(x, y)
+    assert np.abs(ours - reference.predict_proba(x)).max() < 1e-3
+    held = digits(classes)[0][1::2]
+    assert np.abs(linear_probabilities(held, w, b) - reference.predict_proba(held)).max() < 1e-3
+
+
+def test_a_prior_pulls_the_solution_toward_it():
+    x, y = digits([3, 8])
+    base_w, base_b, _ = fit_linear(x, y, 2, 1.0)
+    few = np.r_[np.flatnonzero(y == 0)[:10], np.flatnonzero(y == 1)[:10]]  # 20 rows
+    flipped = 1 - y[few]  # data that disagree with the base completely
+    nudged, _, _ = fit_linear(x[few], flipped, 2, 0.01, prior=(base_w, base_b))
+    fresh, _, _ = fit_linear(x[few], flipped, 2, 0.01)
+    assert np.linalg.norm(nudged - base_w) < np.linalg.norm(fresh - base_w) / 3
+    assert np.linalg.norm(nudged - base_w) < np.linalg.norm(base_w) / 3
+
+
+def test_solved_run_reports_its_search_and_matches_scikit_learn(compose, reviews_snapshot, workspace, tmp_path):
+    metrics, objects = train(compose("dataset.snapshot=reviews", "dataset.heads=[sentiment]"))
+    run = tmp_path / "run"
+    fit = metrics["fit"]
+    assert fit["method"] == "solve" and fit["folds"] == 5
+    solved = fit["heads"]["sentiment"]
+    assert solved["convergence"]["converged"] and solved["convergence"]["gradient"] <= 1e-6
+    assert [row["C"] for row in solved["search"]] == sorted(row["C"] for row in solved["search"])
+    assert len(solved["search"]) == 13 and sum(row["chosen"] for row in solved["search"]) == 1
+    best = max(solved["search"], key=lambda row: row["score"])
+    assert solved["chosen"] == {"head": "linear", "C": best["C"]} and solved["score"] == best["score"]
+    assert metrics["selection"]["best_score"] == pytest.approx(metrics["val"]["sentiment"]["f1"])
+    assert metrics["selection"]["best_epoch"] is None and metrics["epochs_trained"] is None
+    table = pd.read_csv(run / SEARCH_FILE)
+    assert len(table) == 13 and set(table["head_name"]) == {"sentiment"}
+    assert not (run / "checkpoints").exists()  # nothing trained by epochs
+
+    # The package's answers equal scikit-learn's fit on the same embeddings (all non-test rows), same C, same weights
+    splits = objects["datamodule"].splits
+    features = EmbeddingCache(workspace).features(reviews_snapshot, objects["net"].backbone).numpy()
+    rows = pd.concat([splits["train"], splits["val"]])
+    reference = sk_linear.LogisticRegression(C=best["C"], class_weight="balanced", tol=1e-10, max_iter=10_000).fit(
+        features[rows["position"]].astype(np.float64), (rows["sentiment"] == "positive").to_numpy())
+    test = splits["test"]
+    model = load_model(run / "model")
+    ours = np.array([p["sentiment"]["positive"] for p in model.predict(test["input"].tolist())])
+    assert np.abs(ours - reference.predict_proba(features[test["position"]].astype(np.float64))[:, 1]).max() < 1e-3
+
+
+def test_thresholds_and_val_metrics_come_from_out_of_fold_predictions(compose, reviews_snapshot, workspace):
+    metrics, objects = train(compose("dataset.snapshot=reviews", "dataset.heads=[sentiment]", "fit.C=[0.1,1,10]"))
+    C = metrics["fit"]["heads"]["sentiment"]["chosen"]["C"]
+    splits = objects["datamodule"].splits
+    rows = pd.concat([splits["train"], splits["val"]], ignore_index=True)
+    features = EmbeddingCache(workspace).features(reviews_snapshot, objects["net"].backbone).numpy()
+    x, y = features[rows["position"]].astype(np.float64), (rows["sentiment"] == "positive").to_numpy().astype(int)
+    # Each row scored by a model fit without it (the run's own folds), then the policy applied to those scores.
+    out_of_fold = np.zeros(len(y))
+    for fold in range(5):
+        held = stratified_folds(y, 5, seed=42) == fold
+        model = sk_linear.LogisticRegression(C=C, class_weight="balanced", tol=1e-10, max_iter=10_000)
+        out_of_fold[held] = model.fit(x[~held], y[~held]).predict_proba(x[held])[:, 1]
+    expected = choose_threshold(pr_curve(out_of_fold, y == 1), Policy.parse("f1"))
+    stored = metrics["thresholds"]["sentiment"]["positive"]
+    assert stored["threshold"] == pytest.approx(expected["threshold"], abs=2e-3)
+    assert (stored["precision"], stored["recall"]) == pytest.approx((expected["precision"], expected["recall"]),
+                                                                    abs=0.01)
+    assert metrics["val"]["sentiment"]["support"] == len(rows)  # every non-test row is held out once
+    # In-sample scores (the final model on the rows it was fit on) would give other figures: they are not used.
+    final = np.array([p["sentiment"]["positive"] for p in load_model(metrics["model"]).predict(
+        rows["input"].tolist())])
+    in_sample = choose_threshold(pr_curve(final, y == 1), Policy.parse("f1"))
+    assert (in_sample["precision"], in_sample["recall"]) != pytest.approx((stored["precision"], stored["recall"]),
+                                                                          abs=1e-6)
+
+
+def test_validation_split_mode_fits_on_the_training_split(compose, reviews_snapshot):
+    metrics, objects = train(compose("dataset.snapshot=reviews", "fit.folds=0", "fit.C=[0.1,1]"))
+    assert metrics["fit"]["held_out"] == "the validation split"
+    val = objects["datamodule"].splits["val"]
+    assert metrics["val"]["sentiment"]["support"] == val["sentiment"].notna().sum() == 24
+    assert metrics["val"]["long"]["support"] == val["long"].notna().sum()
+
+
+def test_retrain_is_pulled_toward_the_base_head_and_new_is_not(compose, reviews_snapshot, reviews_csv, workspace,
+                                                               tmp_path):
+    base_metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base'}"))
+    base = load_model(base_metrics["model"])
+    small = pd.read_csv(reviews_csv).groupby("sentiment").head(10)  # 20 rows
+    small["sentiment"] = small["sentiment"].map({"positive": "negative", "negative": "positive"})  # all wrong
+    small.to_csv(tmp_path / "small.csv", index=False)
+    snapshot_csv(workspace, tmp_path / "small.csv", "small", "text", {"sentiment": "sentiment"})
+
+    overrides = ["dataset.snapshot=small", "dataset.val_fraction=0.2", "dataset.test_fraction=0.2", "fit.folds=2",
+                 "fit.C=[0.001,0.01]"]
+    retrained, _ = train(compose(*overrides, f"base_model={base_metrics['model']}",
+                                 f"paths.output_dir={tmp_path / 'retrain'}"))
+    fresh, _ = train(compose(*overrides, f"paths.output_dir={tmp_path / 'new'}"))
+    assert retrained["heads"] == {"sentiment": "retrain", "long": "keep"} and fresh["heads"] == {"sentiment": "new"}
+
+    def weights(package):
+        return load_model(package).heads["head_sentiment"][1].weight.detach().numpy()
+
+    before = weights(base_metrics["model"])
+    nudged, replaced = weights(retrained["model"]), weights(fresh["model"])
+    assert np.linalg.norm(nudged - before) < 0.5 * np.linalg.norm(replaced - before)
+    texts = reviews_snapshot.frame()["input"].tolist()[:60]
+    agree = [np.mean([a["sentiment"] == b["sentiment"] or max(a["sentiment"], key=a["sentiment"].get) ==
+                      max(b["sentiment"], key=b["sentiment"].get) for a, b in zip(base.predict(texts),
+                                                                                 load_model(m).predict(texts))])
+             for m in (retrained["model"], fresh["model"])]
+    assert agree[0] > agree[1]
+
+
+def test_auto_head_searches_linear_and_mlp(compose, reviews_snapshot):
+    metrics, _ = train(compose("dataset.snapshot=reviews", "dataset.heads=[sentiment]", "head=auto", "fit.C=[1]",
+                               "fit.mlp.hidden=[16]", "fit.mlp.dropout=[0.1]", "fit.mlp.weight_decay=[0.001]",
+                               "fit.mlp.max_epochs=30"))
+    search = metrics["fit"]["heads"]["sentiment"]["search"]
+    assert [row["head"] for row in search] == ["linear", "mlp"]
+    chosen = max(search, key=lambda row: row["score"])
+    assert metrics["fit"]["heads"]["sentiment"]["chosen"]["head"] == chosen["head"]
+    meta = json.loads((Path(metrics["model"]) / "model.json").read_text())
+    target = meta["heads"]["sentiment"]["head"]["_target_"]
+    assert target.endswith("MLPHead" if chosen["head"] == "mlp" else "LinearHead")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["fit.folds=1"], "fit.folds=1: a number of folds from 2"),
+    (["fit.C=[0,1]"], "fit.C=[0, 1]: a non-empty list of positive numbers"),
+    (["fit.mlp.dropout=[1.5]"], "fit.mlp.dropout=[1.5]: a non-empty list of shares"),
+    (["fit=sgd", "head=auto"], "head=auto: linear or MLP is chosen by solving"),
+    (["fit.method=magic"], "fit.method=magic: choose fit=solve or fit=sgd"),
+])
+def test_fit_mistakes_are_named(compose, reviews_snapshot, workspace, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        validate_config(compose("dataset.snapshot=reviews", *overrides), workspace)
+
+
+def test_a_trained_run_stopped_while_improving_says_so(compose, reviews_snapshot, tmp_path):
+    metrics, _ = train(compose("dataset.snapshot=reviews", "fit=sgd", "trainer.max_epochs=1"))
+    [warning] = metrics["fit"]["warnings"]
+    assert warning.startswith("stopped at max_epochs (1) while val/f1 was still rising")
+    assert "raise trainer.max_epochs" in warning
+    stopped, _ = train(compose("dataset.snapshot=reviews", "fit=sgd", "trainer.max_epochs=30", "optimizer.lr=0.1",
+                               f"paths.output_dir={tmp_path / 'stopped'}",
+                               "callbacks.early_stopping.patience=1"))
+    assert stopped["epochs_trained"] < 30 and stopped["fit"]["warnings"] == []
