@@ -44,7 +44,7 @@ def test_tiny_run_outputs_and_package_round_trip(compose, reviews_snapshot, tmp_
     assert meta["lineage"]["recipe"]["optimizer"]["lr"] == 1e-2
     assert meta["lineage"]["metrics"]["test"] == metrics["test"]
     assert not list((run / "model").glob("*.ckpt")) and not list((run / "model").glob("*.bin"))
-    reloaded, trained = model.predict(TEXTS), objects["model"].net.predict(TEXTS)
+    reloaded, trained = model.predict(TEXTS), objects["net"].predict(TEXTS)
     assert reloaded == trained  # identical, not just close
     for scores in reloaded:
         assert set(scores) == {"sentiment", "long"}
@@ -78,7 +78,7 @@ def test_partial_and_full_backbone_modes_train(compose, reviews_snapshot, tiny_b
     _, objects = train(compose("dataset.snapshot=reviews", f"backbone.mode={mode}", "backbone.trainable_blocks=1",
                                "debug=fast", "optimizer.lr=1e-2"))
     before = AutoModel.from_pretrained(tiny_backbone).encoder.layer
-    after = objects["model"].net.backbone.encoder.encoder.layer
+    after = objects["net"].backbone.encoder.encoder.layer
     changed = [not torch.equal(b.output.dense.weight, a.output.dense.weight) for b, a in zip(before, after)]
     assert sum(changed) == trained_blocks and changed[-1]
 

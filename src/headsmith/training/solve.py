@@ -142,41 +142,42 @@ def fit_mlp(x: torch.Tensor, y: torch.Tensor, num_classes: int, hidden: int, dro
     """L2 (`weight_decay`/2 x ||theta - theta0||^2, theta0 = `prior` or zero) on every weight; the learning rate drops
     tenfold when the epoch's loss has not fallen by a relative `tol` for `patience` epochs, and the fit ends after
     the third drop (converged) or at `max_epochs` (not)."""
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # the head's initial weights and dropout
-    head = MLPHead(x.shape[1], num_classes, hidden=hidden, dropout=dropout)
-    if init is not None:
-        head.load_state_dict(init)
-    anchors = {name: (prior[name] if prior is not None else torch.zeros_like(p)) for name, p in
-               head.named_parameters()}
-    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
-    best, stale, drops, epoch, change = math.inf, 0, 0, 0, math.inf
-    head.train()
-    for epoch in range(1, max_epochs + 1):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in range(0, len(x), batch_size):
-            rows = order[start:start + batch_size]
-            loss = F.cross_entropy(head(x[rows]), y[rows], weight=class_weight)
-            penalty = sum(((p - anchors[name]) ** 2).sum() for name, p in head.named_parameters())
-            optimizer.zero_grad()
-            (loss + 0.5 * weight_decay * penalty).backward()
-            optimizer.step()
-            total += loss.item() * len(rows)
-        total /= len(x)
-        change = (best - total) / max(abs(best), 1e-12) if best < math.inf else math.inf
-        if change > tol:
-            best, stale = total, 0
-        else:
-            stale += 1
-        if stale >= patience:
-            drops, stale = drops + 1, 0
-            if drops == 3:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.1
-    head.eval()
-    return Fit({k: v.detach().clone() for k, v in head.state_dict().items()}, epoch, float(change), drops == 3)
+    with torch.random.fork_rng():  # the head's initial weights and dropout, seeded; the run's own RNG untouched
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        head = MLPHead(x.shape[1], num_classes, hidden=hidden, dropout=dropout)
+        if init is not None:
+            head.load_state_dict(init)
+        anchors = {name: (prior[name] if prior is not None else torch.zeros_like(p)) for name, p in
+                   head.named_parameters()}
+        optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+        best, stale, drops, epoch, change = math.inf, 0, 0, 0, 1.0
+        head.train()
+        for epoch in range(1, max_epochs + 1):
+            order = torch.randperm(len(x), generator=generator)
+            total = 0.0
+            for start in range(0, len(x), batch_size):
+                rows = order[start:start + batch_size]
+                loss = F.cross_entropy(head(x[rows]), y[rows], weight=class_weight)
+                penalty = sum(((p - anchors[name]) ** 2).sum() for name, p in head.named_parameters())
+                optimizer.zero_grad()
+                (loss + 0.5 * weight_decay * penalty).backward()
+                optimizer.step()
+                total += loss.item() * len(rows)
+            total /= len(x)
+            change = (best - total) / max(abs(best), 1e-12) if best < math.inf else 1.0  # the first epoch: all new
+            if change > tol:
+                best, stale = total, 0
+            else:
+                stale += 1
+            if stale >= patience:
+                drops, stale = drops + 1, 0
+                if drops == 3:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.1
+        head.eval()
+        return Fit({k: v.detach().clone() for k, v in head.state_dict().items()}, epoch, float(change), drops == 3)
 
 
 @torch.inference_mode()
