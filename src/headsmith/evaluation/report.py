@@ -55,7 +55,8 @@ def print_metrics(metrics: dict, stage: str = "test") -> None:
                       f"{sel['best_score']:.4f}: " + ", ".join(f"{h} {c}" for h, c in sel["chosen"].items()),
                       highlight=False)
     elif sel["best_score"] is not None:
-        console.print(f"selected epoch {sel['best_epoch']} by {sel['monitor']} ({sel['mode']}) = {sel['best_score']:.4f}")
+        console.print(f"selected epoch {sel['best_epoch']} by {sel['monitor']} ({sel['mode']}) = "
+                      f"{sel['best_score']:.4f}")
     for warning in (metrics.get("fit") or {}).get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"model package: {metrics['model']}")

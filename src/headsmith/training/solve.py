@@ -339,12 +339,12 @@ def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, fea
         x = features[rows["position"].to_numpy()[labelled]].astype(np.float32)
         y = rows[head].iloc[labelled].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
         if folds:
-            smallest = int(np.bincount(y, minlength=len(classes)).min())
-            k = min(folds, smallest)
+            counts = np.bincount(y, minlength=len(classes))
+            k = min(folds, int(counts.min()))  # a class with fewer rows than folds leaves some folds without it
             if k < 2:
-                raise HeadsmithError(f"head '{head}': class '{classes[int(np.argmin(np.bincount(y, minlength=len(classes))))]}' "
-                                     f"has {smallest} non-test row(s); {folds}-fold cross-validation needs at least 2. "
-                                     "Add rows of that class, or choose on the validation split: fit.folds=0")
+                raise HeadsmithError(f"head '{head}': class '{classes[int(counts.argmin())]}' has {counts.min()} "
+                                     f"non-test row(s); {folds}-fold cross-validation needs at least 2. Add rows of "
+                                     "that class, or choose on the validation split: fit.folds=0")
             fold = stratified_folds(y, k, seed)
             splits = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
         else:

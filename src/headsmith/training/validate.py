@@ -21,9 +21,8 @@ from headsmith.training.base_model import plan_problems
 from headsmith.training.selection import selection_problems
 from headsmith.workspace import Workspace
 
-TOP_LEVEL = {"dataset", "backbone", "head", "fit", "optimizer", "scheduler", "selection", "trainer", "logger", "callbacks",
-             "paths", "name", "seed", "class_weights",
-             "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds", "resume",
+TOP_LEVEL = {"dataset", "backbone", "head", "fit", "optimizer", "scheduler", "selection", "trainer", "logger",
+             "callbacks", "paths", "name", "seed", "class_weights", "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds", "resume",
              "tune"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
