@@ -4,6 +4,7 @@ trained run that stopped while still improving."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,8 @@ from headsmith.errors import ConfigError
 from headsmith.evaluation.metrics import pr_curve
 from headsmith.evaluation.thresholds import Policy, choose_threshold
 from headsmith.training.embedding_cache import EmbeddingCache
-from headsmith.training.solve import fit_linear, linear_probabilities, stratified_folds
+from headsmith.training.solve import (Fit, HeadSolution, Setting, fit_linear, linear_probabilities, solve_warnings,
+                                     stratified_folds)
 from headsmith.training.train import SEARCH_FILE, train
 from headsmith.training.validate import validate_config
 
@@ -185,3 +187,21 @@ def test_a_trained_run_stopped_while_improving_says_so(compose, reviews_snapshot
                                f"paths.output_dir={tmp_path / 'stopped'}",
                                "callbacks.early_stopping.patience=1"))
     assert stopped["epochs_trained"] < 30 and stopped["fit"]["warnings"] == []
+
+
+def test_edge_of_the_grid_is_reported_only_when_the_score_rises_into_it():
+    grid = [0.1, 1.0, 10.0]
+
+    def solution(scores, chosen):
+        table = [{"head": "linear", "C": c, "score": v, "chosen": i == chosen}
+                 for i, (c, v) in enumerate(zip(grid, scores))]
+        return HeadSolution(Setting("linear", (("C", grid[chosen]),)), scores[chosen], Fit({}, 10, 1e-9, True),
+                            None, None, table)
+
+    settings = SimpleNamespace(tol=1e-6)
+    [warning] = solve_warnings({"spam": solution([0.9, 0.8, 0.7], 0)}, settings)
+    assert warning.startswith("head 'spam': C=0.1 is at the edge of the searched grid (fit.C)")
+    assert solve_warnings({"spam": solution([0.9, 0.9, 0.9], 0)}, settings) == []  # flat: nothing beyond it to find
+    assert solve_warnings({"spam": solution([0.7, 0.9, 0.8], 1)}, settings) == []
+    [warning] = solve_warnings({"spam": solution([0.7, 0.8, 0.9], 2)}, SimpleNamespace(tol=1e-12))
+    assert "C=10 is at the edge" in warning

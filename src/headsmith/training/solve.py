@@ -377,11 +377,14 @@ def solve_warnings(solutions: dict[str, HeadSolution], settings) -> list[str]:
             found.append(f"head '{head}': the final fit of {chosen} did not converge in {fit.iterations} "
                          + (f"iterations (max |gradient| {fit.gradient:.1e} > fit.tol={settings.tol:g}); raise "
                             "fit.max_iter" if chosen.kind == "linear" else "epochs; raise fit.mlp.max_epochs"))
-        grids = {"C": settings.C} if chosen.kind == "linear" else {"weight_decay": settings.mlp.weight_decay}
-        for name, grid in grids.items():
-            value = chosen.values[name]
-            if len(grid) > 1 and value in (min(grid), max(grid)):
-                key = "fit.C" if name == "C" else "fit.mlp.weight_decay"
-                found.append(f"head '{head}': {name}={value:g} is at the edge of the searched grid ({key}): the best "
-                             "setting may lie beyond it; widen the grid")
+        name, key = ("C", "fit.C") if chosen.kind == "linear" else ("weight_decay", "fit.mlp.weight_decay")
+        # Scores along the chosen setting's grid, the other values held: rising into an edge means look beyond it.
+        line = [row for row in solution.table if row["head"] == chosen.kind
+                and all(row[k] == v for k, v in chosen.values.items() if k != name)]
+        line.sort(key=lambda row: row[name])
+        at = next(i for i, row in enumerate(line) if row["chosen"])
+        neighbour = 1 if at == 0 else len(line) - 2
+        if len(line) > 1 and at in (0, len(line) - 1) and line[at]["score"] != line[neighbour]["score"]:
+            found.append(f"head '{head}': {name}={chosen.values[name]:g} is at the edge of the searched grid ({key}) "
+                         "and scores better than its neighbour: the best setting may lie beyond it; widen the grid")
     return found
