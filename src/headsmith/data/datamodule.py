@@ -51,6 +51,12 @@ def snapshot_differences(train: Snapshot, test: Snapshot, heads: list[str]) -> l
     return problems
 
 
+def balanced_weights(counts: np.ndarray) -> np.ndarray:
+    """n / (k * n_class) per class from its row counts, so rare classes count as much as common ones."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return counts.sum() / (len(counts) * np.maximum(counts, 1))
+
+
 class LabelledRows(Dataset):
     def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], features: torch.Tensor | None = None):
         self.inputs = features if features is not None else frame["input"].tolist()
@@ -110,8 +116,8 @@ class SnapshotDataModule(pl.LightningDataModule):
         """Balanced weights from the training split: n / (k * n_class), so rare classes count as much as common ones."""
         weights = {}
         for head, names in self.classes.items():
-            counts = self.splits["train"][head].value_counts().reindex(names, fill_value=0).to_numpy(dtype=np.float64)
-            weights[head] = torch.tensor(counts.sum() / (len(names) * np.maximum(counts, 1)), dtype=torch.float32)
+            counts = self.splits["train"][head].value_counts().reindex(names, fill_value=0).to_numpy()
+            weights[head] = torch.tensor(balanced_weights(counts), dtype=torch.float32)
         return weights
 
     def use_features(self, features_of: Callable[[Snapshot], torch.Tensor]) -> None:

@@ -23,6 +23,7 @@ import scipy.optimize
 import torch
 from torch.nn import functional as F
 
+from headsmith.data.datamodule import balanced_weights
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.metrics import head_metrics, summarize
 from headsmith.models.heads import LinearHead, MLPHead
@@ -201,12 +202,6 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def balanced_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """n / (k * n_class) per class, as `class_weights: balanced` (and scikit-learn's) defines it."""
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    return len(y) / (num_classes * np.maximum(counts, 1))
-
-
 def rule_score(probabilities: np.ndarray, y: np.ndarray, classes: list[str], metric: str,
                class_label: str | None) -> float:
     """The selection rule's value on held-out predictions: a macro metric, one class's, or the log loss."""
@@ -241,7 +236,7 @@ class HeadSolver:
         self.prior = prior  # the base head's weights, for a re-trained head
 
     def _weights(self, y: np.ndarray) -> np.ndarray | None:
-        return balanced_weights(y, len(self.classes)) if self.balanced else None
+        return balanced_weights(np.bincount(y, minlength=len(self.classes))) if self.balanced else None
 
     def _fit(self, setting: Setting, x: np.ndarray, y: np.ndarray, warm: dict) -> tuple[Fit, callable]:
         """Fit `setting` on (x, y); returns the fit and a function giving probabilities of other rows. `warm` holds
