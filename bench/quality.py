@@ -1,6 +1,6 @@
 """Quality of the default run against the simplest honest baseline, on every bundled real task.
 
-    .venv/bin/python bench/quality.py [--seeds 42 1 2] [--out quality.csv]
+    .venv/bin/python bench/quality.py [--seeds 42 1 2] [--recipes ...] [--out quality.csv] [OVERRIDE ...]
 
 For each task (the demo's reviews: `sentiment`; the text walkthrough's `kind` and `party`; the vision walkthrough's
 `digit` and `face`) and each seed of the split, the bundled recipe runs as a user runs it (`headsmith train
@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--recipes", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--out", type=Path, default=None, help="also write every row as CSV")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. head=mlp")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="headsmith-quality-"))
     os.environ["HEADSMITH_HOME"] = str(home)
@@ -76,7 +77,7 @@ def main() -> int:
         passes[recipe] = time.perf_counter() - start
         for seed in args.seeds:
             cfg = compose_train_config([f"recipe={recipe}", f"seed={seed}", "trainer.enable_progress_bar=false",
-                                        f"paths.output_dir={home / 'runs' / recipe / str(seed)}"])
+                                        f"paths.output_dir={home / 'runs' / recipe / str(seed)}", *args.overrides])
             metrics, objects = train(cfg)
             non_test, test = fit_rows(objects["datamodule"].splits), objects["datamodule"].splits["test"]
             for head in heads:
