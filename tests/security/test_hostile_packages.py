@@ -154,3 +154,13 @@ def test_resuming_from_a_checkpoint_unpickles_no_code(tmp_path, compose, reviews
     with pytest.raises(HeadsmithError, match="last.ckpt"):
         train(compose("dataset.snapshot=reviews", "fit=sgd", f"resume={run}"))
     assert not marker.exists()
+
+
+def test_a_recipe_cannot_train_a_head_no_package_could_load(compose, reviews_snapshot):
+    from headsmith.errors import ConfigError
+    from headsmith.training.validate import validate_config
+    from headsmith.workspace import Workspace
+
+    with pytest.raises(ConfigError, match=r"head._target_=torch.nn.Linear: a model package holds only heads"):
+        validate_config(compose("dataset.snapshot=reviews", "head._target_=torch.nn.Linear", "~head.dropout",
+                                "fit=sgd"), Workspace())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -73,14 +75,26 @@ class TextBackbone(nn.Module):
         self.tokenizer.save_pretrained(folder)
         self.encoder.config.save_pretrained(folder)
 
+    @staticmethod
+    def spec_problems(spec: dict) -> list[str]:
+        """A package's text backbone spec: `pretrained` is only its name (the files under backbone/ are used)."""
+        return [*_check(spec, "pretrained", str), *_check(spec, "max_tokens", int, 1, 1 << 20),
+                *_check(spec, "normalize", bool)]
+
     @classmethod
     def from_files(cls, folder: Path, spec: dict) -> "TextBackbone":
-        """Architecture and tokenizer from a package; the weights come from the package's safetensors."""
+        """Architecture and tokenizer from a package, read as data (no code a config names is run); the weights
+        come from the package's safetensors."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder))
-        return cls(encoder, AutoTokenizer.from_pretrained(folder), pretrained=spec["pretrained"],
-                   max_tokens=spec["max_tokens"], normalize=spec["normalize"])
+        try:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            encoder = AutoModel.from_config(config, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HeadsmithError(f"{folder}: not a transformers encoder headsmith can load: {e}") from None
+        return cls(encoder, tokenizer, pretrained=spec["pretrained"], max_tokens=spec["max_tokens"],
+                   normalize=spec["normalize"])
 
 
 def set_backbone_mode(backbone: nn.Module, mode: str, trainable_blocks: int = 2) -> None:
@@ -108,6 +122,25 @@ def text_backbone(pretrained: str = "all-MiniLM-L6-v2", max_tokens: int = 128, n
     backbone = TextBackbone(encoder, tokenizer, pretrained=pretrained, max_tokens=max_tokens, normalize=normalize)
     set_backbone_mode(backbone, mode, trainable_blocks)
     return backbone
+
+
+def _check(spec: dict, key: str, kind: type, low: float | None = None, high: float | None = None,
+           length: int | None = None) -> list[str]:
+    """One field of a package's backbone spec: its type (a list of `length` numbers when `length`) and range."""
+    value = spec.get(key)
+    values = value if length is not None else [value]
+    if length is not None and not (isinstance(value, list) and len(value) == length):
+        return [f"backbone.{key}={value!r}: expected a list of {length} numbers"]
+    for item in values:
+        if kind is float:
+            fits = isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item)
+        else:
+            fits = isinstance(item, kind) and (kind is bool or not isinstance(item, bool))
+        if not fits:
+            return [f"backbone.{key}={value!r}: expected {'a list of numbers' if length else kind.__name__}"]
+        if low is not None and not low <= item <= high:
+            return [f"backbone.{key}={value!r}: expected values from {low} to {high}"]
+    return []
 
 
 BACKBONE_KINDS = {TextBackbone.kind: TextBackbone}
@@ -199,7 +232,7 @@ def _hf_image(source: str | Path, load_weights: bool) -> nn.Module:
 
     try:
         model = AutoModel.from_pretrained(source) if load_weights else AutoModel.from_config(
-            AutoConfig.from_pretrained(source))
+            AutoConfig.from_pretrained(source, trust_remote_code=False), trust_remote_code=False)
     except OSError as e:
         raise HeadsmithError(f"backbone.pretrained=hf:{source}: not a transformers model folder (or, offline, "
                              f"not loadable from a hub): {e}") from None
@@ -273,10 +306,26 @@ class ImageBackbone(nn.Module):
         if isinstance(self.network, HFImageEncoder):
             self.network.model.config.save_pretrained(folder)
 
+    @staticmethod
+    def spec_problems(spec: dict) -> list[str]:
+        """A package's image backbone spec. `pretrained` names the architecture: a bundled one, a torchvision or
+        timm model name, or hf: (whose architecture is the package's backbone/config.json)."""
+        pretrained = spec.get("pretrained")
+        problems = []
+        if not (isinstance(pretrained, str) and (pretrained in BUNDLED_IMAGE or pretrained.startswith("hf:")
+                                                 or re.fullmatch(r"(torchvision|timm):[\w.-]+", pretrained))):
+            problems.append(f"backbone.pretrained={pretrained!r}: not an architecture headsmith builds (one of "
+                            f"{', '.join(BUNDLED_IMAGE)}, torchvision:ARCH, timm:ARCH, hf:NAME)")
+        return [*problems, *_check(spec, "image_size", int, 1, 8192), *_check(spec, "resize", int, 1, 8192),
+                *_check(spec, "mean", float, -1e3, 1e3, length=3), *_check(spec, "std", float, 1e-6, 1e3, length=3)]
+
     @classmethod
     def from_files(cls, folder: Path, spec: dict) -> "ImageBackbone":
-        network = (_hf_image(folder, load_weights=False) if spec["pretrained"].startswith("hf:")
-                   else _image_network(spec["pretrained"], None, load_weights=False))
+        try:
+            network = (_hf_image(folder, load_weights=False) if spec["pretrained"].startswith("hf:")
+                       else _image_network(spec["pretrained"], None, load_weights=False))
+        except (ValueError, KeyError, TypeError) as e:  # torchvision's unknown name; a config that does not parse
+            raise HeadsmithError(f"{folder}: backbone.pretrained={spec['pretrained']}: cannot be built: {e}") from None
         return cls(network, pretrained=spec["pretrained"],
                    image_size=spec["image_size"], resize=spec["resize"], mean=spec["mean"], std=spec["std"])
 

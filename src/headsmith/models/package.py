@@ -8,11 +8,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hydra.utils import instantiate
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from headsmith.errors import HeadsmithError
 from headsmith.models.backbones import BACKBONE_KINDS
+from headsmith.models.heads import build_head, head_problems
 from headsmith.models.net import MultiHeadNet
 
 FORMAT_VERSION = 1
@@ -47,27 +48,108 @@ def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
     return folder
 
 
+def meta_problems(meta) -> list[str]:
+    """Every field of model.json that loading uses, type- and range-checked; `lineage` is informational only."""
+    if not isinstance(meta, dict):
+        return ["expected a JSON object"]
+    version = meta.get("format_version")
+    if not (isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= FORMAT_VERSION):
+        return [f"format_version={version!r}: this headsmith reads package formats 1 to {FORMAT_VERSION} (a newer "
+                "headsmith wrote it? upgrade headsmith)"]
+    backbone, heads = meta.get("backbone"), meta.get("heads")
+    kind = backbone.get("kind") if isinstance(backbone, dict) else None
+    if not isinstance(kind, str) or kind not in BACKBONE_KINDS:
+        return [f"backbone.kind={kind!r}: choose one of {', '.join(BACKBONE_KINDS)}"]
+    problems = BACKBONE_KINDS[kind].spec_problems(backbone)
+    out_dim = backbone.get("out_dim")
+    if not (isinstance(out_dim, int) and not isinstance(out_dim, bool) and out_dim > 0):
+        problems.append(f"backbone.out_dim={out_dim!r}: expected a positive whole number")
+    preprocessing = meta.get("preprocessing", {})
+    tokens = preprocessing.get("max_tokens") if isinstance(preprocessing, dict) else None
+    if not isinstance(preprocessing, dict) or not (tokens is None or isinstance(tokens, int)
+                                                   and not isinstance(tokens, bool)):
+        problems.append(f"preprocessing.max_tokens={tokens!r}: expected a whole number or null")
+    if not isinstance(heads, dict) or not heads:
+        return [*problems, "heads: expected an object with at least one head"]
+    for name, head in heads.items():
+        where = f"heads.{name}"
+        if not name or "." in name or not isinstance(head, dict):
+            problems.append(f"{where}: expected a head name without dots, holding classes, head and thresholds")
+            continue
+        classes = head.get("classes")
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)
+                and len(set(classes)) == len(classes)):
+            problems.append(f"{where}.classes={classes!r}: expected a list of distinct class names")
+            continue
+        found = head_problems(head.get("head"), f"{where}.head")
+        if not found and head["head"]["num_classes"] != len(classes):
+            found.append(f"{where}.head.num_classes={head['head']['num_classes']}: the head has {len(classes)} classes")
+        if not found and head["head"]["in_dim"] != out_dim:
+            found.append(f"{where}.head.in_dim={head['head']['in_dim']}: the backbone gives {out_dim} features")
+        problems += found
+        problems += threshold_problems(head.get("thresholds"), classes, f"{where}.thresholds")
+    return problems
+
+
+def threshold_problems(thresholds, classes: list[str], where: str) -> list[str]:
+    if thresholds is None:
+        return []
+    if not isinstance(thresholds, dict):
+        return [f"{where}: expected an object of class -> threshold, or null"]
+    problems = []
+    for label, chosen in thresholds.items():
+        value = chosen.get("threshold") if isinstance(chosen, dict) else None
+        if label not in classes:
+            problems.append(f"{where}.{label}: not a class of this head ({', '.join(classes)})")
+        elif chosen is not None and not (isinstance(chosen, dict) and (value is None or isinstance(value, (int, float))
+                                         and not isinstance(value, bool) and 0.0 <= value <= 1.0)):
+            problems.append(f"{where}.{label}: expected {{\"threshold\": a score from 0 to 1, or null}}, got "
+                            f"{chosen!r}")
+    return problems
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """`folder/name`, refused when it (or, for a folder, anything in it) resolves outside the package."""
+    root, path = folder.resolve(), folder / name
+    for item in [path, *(path.rglob("*") if path.is_dir() and not path.is_symlink() else [])]:
+        if not item.resolve().is_relative_to(root):
+            raise HeadsmithError(f"{folder}: {item.relative_to(folder)} points outside the package "
+                                 f"({item.resolve()}); a package's files must all lie inside its folder")
+    return path
+
+
 def read_meta(folder: Path | str) -> dict:
-    path = Path(folder) / META_FILE
+    """model.json, checked: every field loading uses has the right type and range (see `meta_problems`)."""
+    folder = Path(folder)
+    path = _inside(folder, META_FILE)
     if not path.is_file():
         raise HeadsmithError(f"{folder} is not a model package: {META_FILE} is missing")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HeadsmithError(f"{path}: not valid JSON ({e}); the package is damaged") from None
+    problems = meta_problems(meta)
+    if problems:
+        raise HeadsmithError(f"{path}: not a model package headsmith can load:\n" + "\n".join(f"  - {p}"
+                                                                                             for p in problems))
+    return meta
 
 
 def load_model(folder: Path | str) -> MultiHeadNet:
-    """Rebuild the network a package describes and load its weights; `.predict(inputs)` gives per-head scores."""
+    """Rebuild the network a package describes and load its weights; `.predict(inputs)` gives per-head scores.
+    Nothing the package names is imported or called: heads come from the allow-list in heads.py."""
     folder = Path(folder)
     meta = read_meta(folder)
     spec = meta["backbone"]
-    backbone = BACKBONE_KINDS[spec["kind"]].from_files(folder / BACKBONE_DIR, spec)
-    heads, head_specs = {}, {}
-    for name, head in meta["heads"].items():
-        if not head["head"]["_target_"].startswith("headsmith."):
-            raise HeadsmithError(f"{folder / META_FILE}: head '{name}' names {head['head']['_target_']}, "
-                                 "which is not a headsmith head; refusing to import it")
-        heads[name], head_specs[name] = instantiate(head["head"]), head["head"]
-    net = MultiHeadNet(backbone, heads, {h: v["classes"] for h, v in meta["heads"].items()}, head_specs)
-    net.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    backbone = BACKBONE_KINDS[spec["kind"]].from_files(_inside(folder, BACKBONE_DIR), spec)
+    weights = _inside(folder, WEIGHTS_FILE)
+    heads = {name: build_head(head["head"]) for name, head in meta["heads"].items()}
+    net = MultiHeadNet(backbone, heads, {h: v["classes"] for h, v in meta["heads"].items()},
+                       {h: v["head"] for h, v in meta["heads"].items()})
+    try:
+        net.load_state_dict(load_file(weights))
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise HeadsmithError(f"{weights}: does not hold this package's weights ({e}); the package is damaged") from None
     net.thresholds = {h: v["thresholds"] for h, v in meta["heads"].items() if v.get("thresholds")}
     net.requires_grad_(False)
     net.meta = meta

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.evaluate import evaluate
 from headsmith.models.backbones import set_backbone_mode
-from headsmith.models.heads import head_spec
+from headsmith.models.heads import build_head, head_spec
 from headsmith.models.net import MultiHeadNet, module_key
 
 ACTIONS = ("retrain", "new", "keep")
@@ -61,7 +60,7 @@ def build_from_base(cfg: DictConfig, base: MultiHeadNet,
         if action == "new":
             specs[head] = head_spec(OmegaConf.to_container(cfg.head, resolve=True), base.backbone.out_dim,
                                     len(trained[head]))
-            heads[head], classes[head] = instantiate(specs[head]), trained[head]
+            heads[head], classes[head] = build_head(specs[head]), trained[head]
         else:
             heads[head] = copy.deepcopy(base.heads[module_key(head)]).requires_grad_(action == "retrain")
             classes[head], specs[head] = base.classes[head], base.head_specs[head]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -27,7 +28,7 @@ from headsmith.evaluation.evaluate import REPORT_FILE, Evaluation, evaluate, sco
 from headsmith.evaluation.metrics import flatten, mean_over_heads
 from headsmith.evaluation.report import console, print_error, print_metrics, print_search
 from headsmith.evaluation.thresholds import choose_thresholds
-from headsmith.models.heads import head_spec
+from headsmith.models.heads import build_head, head_spec
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
@@ -51,7 +52,7 @@ def build_net(cfg: DictConfig, backbone, classes: dict[str, list[str]]) -> Multi
     """One head per trained head, built from the `head` group with the sizes only known now."""
     specs = {h: head_spec(OmegaConf.to_container(cfg.head, resolve=True), backbone.out_dim, len(c))
              for h, c in classes.items()}
-    return MultiHeadNet(backbone, {h: instantiate(spec) for h, spec in specs.items()}, classes, specs)
+    return MultiHeadNet(backbone, {h: build_head(spec) for h, spec in specs.items()}, classes, specs)
 
 
 @rank_zero_only
@@ -72,6 +73,11 @@ def _last_checkpoint(run_dir: str) -> str:
     if not last.is_file():
         raise HeadsmithError(f"resume={run_dir}: no checkpoint at {last} (the run stopped before its first epoch "
                              "ended, or is not a training run folder); start it again without resume=")
+    try:  # tensors and plain values only: unpickling anything else could run code the file names
+        torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise HeadsmithError(f"resume={run_dir}: {last} is not a plain checkpoint (tensors and values only) and is "
+                             f"not loaded: {str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
     return str(last)
 
 
@@ -127,11 +133,11 @@ def _fit_by_training(cfg: DictConfig, net: MultiHeadNet, base: MultiHeadNet | No
                                       default_root_dir=cfg.paths.output_dir)
     csv_history = _set_csv_history_aside(trainer) if resume_from and trainer.is_global_zero else {}
     log_config(trainer.loggers, cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     # Evaluate the checkpoint the selection rule picked (or the last weights when checkpointing is switched off).
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     return trainer, model, csv_history
 
 
@@ -229,7 +235,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
             "monitor": cfg.selection.monitor,
             "mode": cfg.selection.mode,
             "best_score": float(trainer.checkpoint_callback.best_model_score) if best else None,
-            "best_epoch": torch.load(best, map_location="cpu", weights_only=False)["epoch"] if best else None,
+            "best_epoch": torch.load(best, map_location="cpu", weights_only=True)["epoch"] if best else None,
             "checkpoint": best or None,
         }
         fit = {"method": "train", "warnings": still_improving(trainer, selection)}

@@ -15,6 +15,7 @@ from headsmith.data.snapshot import load_snapshot
 from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.evaluation.thresholds import class_problems, policy_problems
 from headsmith.models.backbones import BACKBONE_MODES
+from headsmith.models.heads import HEADS
 from headsmith.models.package import read_meta
 from headsmith.models.registry import resolve_model
 from headsmith.training.base_model import plan_problems
@@ -130,6 +131,10 @@ def static_problems(cfg: DictConfig) -> list[str]:
         problems.append("backbone.augment: a frozen backbone with embedding_cache=true embeds each image once, so "
                         "augmentations would never be seen; set embedding_cache=false (slower: the backbone runs every "
                         "step) or backbone.augment=[]")
+    target = cfg.get("head", {}).get("_target_")
+    if not auto_head and target is not None and target not in HEADS:
+        problems.append(f"head._target_={target}: a model package holds only heads it can rebuild without running "
+                        f"code it names: {', '.join(HEADS)}")
     if auto_head and not solved:
         problems.append("head=auto: linear or MLP is chosen by solving each head on a frozen backbone's embeddings; "
                         "set backbone.mode=frozen and fit=solve, or pick head=linear or head=mlp")
