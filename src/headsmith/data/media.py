@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,7 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from headsmith.errors import HeadsmithError
+from headsmith.files import write_atomic
 
 MAX_PIXELS = 40_000_000  # per image; above it an image is refused before it is decoded
 
@@ -38,11 +37,7 @@ class BlobStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self.path(sha)
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)  # whole file or none, even when killed
+            write_atomic(path, data)  # whole file or none, on disk before the catalog says ok
         return sha
 
     def read(self, sha256: str) -> bytes:

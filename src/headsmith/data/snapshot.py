@@ -19,6 +19,7 @@ from PIL import Image
 from headsmith.data.dataset import check_name, file_sha256, get_dataset, rows_frame
 from headsmith.data.media import BlobStore
 from headsmith.errors import SnapshotError
+from headsmith.files import publish_folder
 from headsmith.workspace import Workspace
 
 FORMAT_VERSION = 1
@@ -211,7 +212,7 @@ def _write(workspace: Workspace, rows: pd.DataFrame, **fields) -> Snapshot:
             with workspace.catalog() as db:
                 db.execute("INSERT INTO snapshots (id, name, sha256, type, rows, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                            (manifest.id, manifest.name, sha, manifest.type, manifest.rows, manifest.created_at))
-                os.rename(staging, final)
+                publish_folder(staging, final)
         except sqlite3.IntegrityError:  # another process took the name (or the same rows) a moment ago
             raise SnapshotError(f"snapshot '{manifest.name}' ({manifest.id}) was created by another process just now; "
                                 "pick another name") from None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.evaluate import EVAL_FILE
+from headsmith.files import write_atomic
 from headsmith.models.package import META_FILE, read_meta
 from headsmith.workspace import Workspace
 
@@ -59,7 +60,7 @@ def save_comparison(result: dict, folder: Path) -> Path:
     from headsmith.evaluation.report import write_page
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "compare.json").write_text(json.dumps(result, indent=1))
+    write_atomic(folder / "compare.json", json.dumps(result, indent=1))
     write_page(TEMPLATE, result, folder / "compare.html")
     save_compare_png(result, folder / "compare.png")
     return folder / "compare.html"

@@ -17,6 +17,7 @@ from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.metrics import evaluate_head
 from headsmith.evaluation.thresholds import decide
+from headsmith.files import atomic_path, write_atomic
 from headsmith.models.net import MultiHeadNet
 
 EVAL_FILE, PREDICTIONS_FILE, REPORT_FILE = "eval.json", "predictions.parquet", "report.html"
@@ -114,8 +115,9 @@ class Evaluation:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / EVAL_FILE).write_text(json.dumps(self.to_json(), indent=1))
-        self.predictions().to_parquet(folder / PREDICTIONS_FILE, index=False)
+        write_atomic(folder / EVAL_FILE, json.dumps(self.to_json(), indent=1))
+        with atomic_path(folder / PREDICTIONS_FILE) as tmp:
+            self.predictions().to_parquet(tmp, index=False)
         save_pngs(self, folder)
         write_report(self, folder / REPORT_FILE)
         return folder

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from headsmith.files import write_atomic
 
 # Long messages stay on one line, for people and for grep; tables get 120 columns in logs and pipes (not 80).
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
@@ -143,10 +144,7 @@ def write_page(template: Path, data: dict, path: Path) -> Path:
     payload = json.dumps(data, default=str).replace("<", "\\u003c")
     before, rest = template.read_text().split("/*PLOTLY*/")
     middle, after = rest.split("/*DATA*/")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(before + get_plotlyjs() + middle + payload + after)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, before + get_plotlyjs() + middle + payload + after)
 
 
 def write_report(evaluation, path: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from headsmith.errors import HeadsmithError
+from headsmith.files import publish_folder
 from headsmith.models.backbones import BACKBONE_KINDS
 from headsmith.models.heads import build_head, head_problems
 from headsmith.models.net import MultiHeadNet
@@ -42,7 +42,7 @@ def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
         (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
         if folder.exists():
             shutil.rmtree(folder)
-        os.rename(staging, folder)
+        publish_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

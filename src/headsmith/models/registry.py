@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from headsmith.data.dataset import check_name
 from headsmith.errors import HeadsmithError
+from headsmith.files import publish_folder
 from headsmith.models.package import META_FILE, read_meta
 from headsmith.workspace import Workspace
 
@@ -43,7 +43,7 @@ def register_model(workspace: Workspace, source: Path | str, name: str, force: b
             db.execute("INSERT INTO models (name, version, path, source, created_at) VALUES (?, ?, ?, ?, ?)",
                        (name, version, str(final), str(package),
                         datetime.now(timezone.utc).isoformat(timespec="seconds")))
-            os.rename(staging / "package", final)
+            publish_folder(staging / "package", final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return name, version

@@ -21,6 +21,7 @@ import headsmith
 from headsmith.config import bundled
 from headsmith.data.dataset import check_name
 from headsmith.errors import HeadsmithError
+from headsmith.files import write_atomic
 from headsmith.models.package import WEIGHTS_FILE
 from headsmith.models.registry import model_identity
 from headsmith.serving.auth import key_hash, new_key
@@ -181,7 +182,7 @@ def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: st
     process = subprocess.Popen([str(bentoml_cli), "serve", deployment["bento"], "--host", host, "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{host}:{port}"
-    _state_file(workspace, name).write_text(json.dumps({"pid": process.pid, "url": url, "started_at": _now()}))
+    write_atomic(_state_file(workspace, name), json.dumps({"pid": process.pid, "url": url, "started_at": _now()}))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -248,11 +249,7 @@ def _write_keys(workspace: Workspace, name: str) -> None:
     with workspace.catalog() as db:
         keys = [dict(r) for r in db.execute("SELECT key_id, sha256, revoked_at FROM deploy_keys WHERE deployment = ?",
                                             (name,))]
-    folder = workspace.deployments_dir / name
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "keys.json.tmp"
-    tmp.write_text(json.dumps(keys))
-    tmp.replace(folder / "keys.json")
+    write_atomic(workspace.deployments_dir / name / "keys.json", json.dumps(keys))
 
 
 def create_key(workspace: Workspace, name: str, label: str = "") -> tuple[str, str]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from headsmith.data.snapshot import Snapshot
 from headsmith.evaluation.report import console
+from headsmith.files import atomic_path
 from headsmith.workspace import Workspace
 
 
@@ -75,14 +74,8 @@ class EmbeddingCache:
             started = time.monotonic()
             features = embed(backbone, snapshot.frame()["input"].tolist(), load=snapshot.load_inputs,
                              description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-            os.close(fd)
-            try:
+            with atomic_path(path) as tmp:  # readers see the whole file or none
                 save_file({"embeddings": features}, tmp)
-                os.replace(tmp, path)  # readers see the whole file or none
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
         console.print(f"embedded {len(features)} rows of snapshot '{snapshot.manifest.name}' in "
                       f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
         return features

@@ -28,6 +28,7 @@ from headsmith.evaluation.evaluate import REPORT_FILE, Evaluation, evaluate, sco
 from headsmith.evaluation.metrics import flatten, mean_over_heads
 from headsmith.evaluation.report import console, print_error, print_metrics, print_search
 from headsmith.evaluation.thresholds import choose_thresholds
+from headsmith.files import atomic_path, write_atomic
 from headsmith.models.heads import build_head, head_spec
 from headsmith.models.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
@@ -95,7 +96,8 @@ def _restore_csv_history(aside: dict[Path, Path]) -> None:
     """One metrics.csv again: the rows before the epoch the resumed run started with, then the resumed run's."""
     for current, before in aside.items():
         old, new = pd.read_csv(before), pd.read_csv(current)
-        pd.concat([old[old["epoch"] < new["epoch"].min()], new]).to_csv(current, index=False)
+        with atomic_path(current) as tmp:
+            pd.concat([old[old["epoch"] < new["epoch"].min()], new]).to_csv(tmp, index=False)
         before.unlink()
 
 
@@ -286,7 +288,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
         test.save(output_dir / EVAL_DIR)
         package = writing.result()
     metrics["model"] = str(package)
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_atomic(output_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     log_outputs(loggers, cfg.name, output_dir, output_dir / EVAL_DIR, package, metrics)
     gate = metrics.get("regression_gate")
     if gate and not gate["passed"]:

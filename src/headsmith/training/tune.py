@@ -23,6 +23,7 @@ from headsmith.config import compose_train_config, config_dir
 from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.evaluation.plots import save_tune_png
 from headsmith.evaluation.report import console
+from headsmith.files import atomic_path, write_atomic
 from headsmith.training.train import train
 from headsmith.training.validate import target_problems, validate_config
 from headsmith.workspace import Workspace
@@ -179,7 +180,8 @@ class Tuner:
         best = f" (best {study.best_value:.4f}, trial {study.best_trial.number})" if _completed(study) else ""
         console.print(f"trial {trial.number} ({trial.number + 1}/{self.settings.trials})  {self._shown(trial.params)}"
                       f"  -> {outcome}{best}", highlight=False)
-        self.summary(study).to_csv(self.folder / TRIALS_FILE, index=False)
+        with atomic_path(self.folder / TRIALS_FILE) as tmp:
+            self.summary(study).to_csv(tmp, index=False)
 
     def summary(self, study: optuna.Study) -> pd.DataFrame:
         rows = []
@@ -237,14 +239,11 @@ class Tuner:
                   f"# Trials: {self.folder}\n# Run it: headsmith train recipe={name}\n")
         defaults = {"defaults": [{f"override /{g}": c} for g, c in choices.items()] + ["_self_"]}
         text = header + OmegaConf.to_yaml(OmegaConf.create(defaults)) + OmegaConf.to_yaml(OmegaConf.create(body))
-        (self.folder / BEST_RECIPE).write_text(text)
+        write_atomic(self.folder / BEST_RECIPE, text)
         recipes = self.workspace.recipes_dir
         recipes.mkdir(parents=True, exist_ok=True)
         target = recipes / f"{name}.yaml"
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(target)  # a recipe is whole or absent
-        return target
+        return write_atomic(target, text)  # a recipe is whole or absent
 
 
 def _completed(study: optuna.Study) -> bool:
