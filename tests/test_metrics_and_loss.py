@@ -96,3 +96,17 @@ def test_masked_multi_head_loss_ignores_unlabelled_rows():
     assert weighted["sentiment"] == pytest.approx(float(expected))
     nothing, parts = multi_head_loss(logits, {"nsfw": labels["nsfw"]})
     assert parts == {} and float(nothing) == 0.0
+
+
+def test_balanced_accuracy_agrees_with_scikit_learn_when_a_predicted_class_has_no_labels():
+    """scikit-learn averages recall over the classes that occur in the labels; a class only ever predicted (no
+    recall to speak of) does not count as a recall of 0."""
+    target = torch.tensor([0, 0, 0, 1, 1, 1])
+    predicted = torch.tensor([0, 0, 2, 1, 1, 2])  # class 2 is predicted, never labelled
+    summary = summarize(head_metrics(3)(torch.nn.functional.one_hot(predicted, 3).float(), target), list("abc"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # scikit-learn notes the class absent from y_true
+        expected = balanced_accuracy_score(target.numpy(), predicted.numpy())
+    assert expected == pytest.approx(2 / 3)
+    assert summary["balanced_accuracy"] == pytest.approx(expected, abs=1e-9)
