@@ -34,7 +34,12 @@ def summarize(computed: dict[str, torch.Tensor], classes: list[str]) -> dict:
     balanced accuracy is one-vs-rest: the mean of its recall and its specificity."""
     tp, fp, tn, fn, support = computed["class_stats"].double().unbind(1)
     specificity = torch.where(tn + fp > 0, tn / (tn + fp), torch.zeros_like(tn))
-    computed = {**computed, "class_balanced_accuracy": (computed["class_recall"].double() + specificity) / 2}
+    recall = computed["class_recall"].double()
+    # As scikit-learn: the mean recall over the classes that occur in the labels (one only ever predicted has no
+    # recall; torchmetrics' macro accuracy would count it as 0).
+    labelled = support > 0
+    computed = {**computed, "class_balanced_accuracy": (recall + specificity) / 2,
+                "balanced_accuracy": recall[labelled].mean() if labelled.any() else torch.tensor(0.0)}
     return {
         **{name: float(computed[name]) for name in ("precision", "recall", "f1", "balanced_accuracy")},
         "support": int(support.sum()),
