@@ -22,9 +22,11 @@ DDP = ["fit=sgd", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
 
 @pytest.fixture
 def odd_test_snapshot(workspace, reviews, tmp_path):
-    """37 other real reviews with the same heads: an odd number, so the two ranks' shards differ in size."""
+    """37 other real reviews with the same heads: an odd number, so the two ranks' shards differ in size. `long`
+    labels only 25 of them: the heads label different rows."""
     rows = pd.concat([g.iloc[120:139] for _, g in reviews.groupby("sentiment")]).head(37).reset_index(drop=True)
     rows["long"] = (rows["text"].str.len() > 100).map({True: "yes", False: "no"})
+    rows.loc[rows.index % 3 == 1, "long"] = None
     rows.to_csv(tmp_path / "held-out.csv", index=False)
     return snapshot_csv(workspace, tmp_path / "held-out.csv", "held-out", "text",
                         {"sentiment": "sentiment", "long": "long"})
@@ -58,18 +60,22 @@ def test_ddp_on_cpu_metrics_synced_across_two_processes(workspace, reviews_snaps
     logged = pd.read_csv(run / "logs" / "metrics.csv").dropna(subset=["test/f1"]).iloc[-1]
     single = metrics["test"]
     for head, summary in single.items():
-        assert logged[f"test/{head}/support"] == summary["support"] == 37  # every row once, none twice
+        assert logged[f"test/{head}/support"] == summary["support"] == {"sentiment": 37, "long": 25}[head]
         for metric in ("precision", "recall", "f1", "balanced_accuracy"):
             assert logged[f"test/{head}/{metric}"] == pytest.approx(summary[metric], abs=1e-6), (head, metric)
         for label, values in summary["classes"].items():
             assert logged[f"test/{head}/support/{label}"] == values["support"]
             for metric in ("precision", "recall", "f1", "balanced_accuracy"):
                 assert logged[f"test/{head}/{metric}/{label}"] == pytest.approx(values[metric], abs=1e-6)
-    # Each head's test loss is the mean cross-entropy over all 37 rows, both ranks' rows counted once.
+    # Each head's test loss is the mean cross-entropy over the rows that label it, both ranks' rows counted once;
+    # the total is the sum of the heads' means, as the training loss is.
     predictions = pd.read_parquet(run / "eval" / "predictions.parquet")
+    means = {}
     for head in single:
-        label_scores = [row[f"{head}:score:{row[head]}"] for _, row in predictions.iterrows()]
-        assert logged[f"test/{head}/loss"] == pytest.approx(-np.log(label_scores).mean(), abs=1e-5), head
+        label_scores = [row[f"{head}:score:{row[head]}"] for _, row in predictions.iterrows() if pd.notna(row[head])]
+        means[head] = -np.log(label_scores).mean()
+        assert logged[f"test/{head}/loss"] == pytest.approx(means[head], abs=1e-5), head
+    assert logged["test/loss"] == pytest.approx(sum(means.values()), abs=1e-5)
 
 
 def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
