@@ -67,12 +67,13 @@ class MultiHeadClassifier(pl.LightningModule):
             distillation = self._distill(logits, batch["inputs"], stage, size)  # on val: logged, and agreement
             if stage == "train":
                 loss = loss + distillation
-        # Held-out losses are averaged over every rank's rows at the epoch's end (one all-reduce under DDP).
-        held_out = stage in STAGES
-        self.log(f"{stage}/loss", loss, batch_size=size, prog_bar=stage != "test", on_epoch=True,
-                 on_step=stage == "train", sync_dist=held_out)
+        if stage == "train":
+            self.log("train/loss", loss, batch_size=size, prog_bar=True, on_epoch=True, on_step=True)
+        # Each head's epoch loss is its mean over the rows that label it; a held-out total, the sum of those means
+        # (as the training loss sums the heads' batch means), is logged at the epoch's end (see _log_epoch_means).
         for head, value in per_head.items():
-            self._add_to_epoch_mean(stage, f"{stage}/{head}/loss", value, size)
+            self._add_to_epoch_mean(stage, f"{stage}/{head}/loss", value,
+                                    int((batch["labels"][head] != UNLABELLED).sum()))
         if stage in STAGES:
             for head, target in batch["labels"].items():
                 mask = target != UNLABELLED
@@ -117,7 +118,12 @@ class MultiHeadClassifier(pl.LightningModule):
                                           for v in sums.get(name, (0.0, 0))])
                              for name in names])  # in the same order on every rank, zeros where a rank had none
         reduced = self.trainer.strategy.reduce(pairs, reduce_op="sum").tolist()
-        self.log_dict({name: total / count for name, (total, count) in zip(names, reduced) if count})
+        means = {name: total / count for name, (total, count) in zip(names, reduced) if count}
+        self.log_dict(means)
+        if stage in STAGES:
+            heads = [means[f"{stage}/{head}/loss"] for head in self.net.classes if f"{stage}/{head}/loss" in means]
+            if heads:
+                self.log(f"{stage}/loss", sum(heads), prog_bar=stage == "val")
 
     def on_train_epoch_start(self):
         self._epoch_sums["train"] = {}
