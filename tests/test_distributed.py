@@ -119,3 +119,11 @@ def test_slurm_launcher_config_and_a_submitit_sweep(workspace, reviews_snapshot,
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = sorted((workspace.runs_dir / "submitted").glob("multirun-*/*/metrics.json"))
     assert [OmegaConf.load(job.parent / "config.yaml").optimizer.lr for job in jobs] == [1e-3, 1e-2]
+
+
+def test_ddp_with_fewer_held_out_rows_than_processes_is_a_config_error(workspace, reviews_snapshot, compose):
+    from headsmith.errors import ConfigError
+    from headsmith.training.train import train
+
+    with pytest.raises(ConfigError, match=r"trainer.devices=3: 3 processes, but the val split has 2 rows"):
+        train(compose("dataset.snapshot=reviews", *DDP, "trainer.devices=3", "dataset.val_fraction=0.01"))
