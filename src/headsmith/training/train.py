@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from threadpoolctl import threadpool_limits
 
 from headsmith.config import config_dir, register_recipes, register_resolvers
-from headsmith.errors import HeadsmithError, RegressionGateFailed
+from headsmith.errors import ConfigError, HeadsmithError, RegressionGateFailed
 from headsmith.evaluation.evaluate import REPORT_FILE, Evaluation, evaluate, score_rows
 from headsmith.evaluation.metrics import flatten, mean_over_heads
 from headsmith.evaluation.report import console, print_error, print_metrics, print_search
@@ -80,6 +80,32 @@ def _last_checkpoint(run_dir: str) -> str:
         raise HeadsmithError(f"resume={run_dir}: {last} is not a plain checkpoint (tensors and values only) and is "
                              f"not loaded: {str(e).splitlines()[-1] if str(e) else type(e).__name__}") from None
     return str(last)
+
+
+def _processes(trainer: DictConfig) -> int:
+    """How many processes train: torchrun's WORLD_SIZE when it launched this one, else devices x num_nodes."""
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if not isinstance(devices, int) or isinstance(devices, bool):
+        devices = len(devices) if OmegaConf.is_list(devices) or isinstance(devices, list) else (
+            torch.cuda.device_count() if trainer.get("accelerator") != "cpu" and torch.cuda.is_available() else 1)
+    elif devices < 0:  # -1: every device
+        devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return max(1, devices) * int(trainer.get("num_nodes", 1) or 1)
+
+
+def _check_rows_per_process(trainer: DictConfig, sizes: dict[str, int]) -> None:
+    """Lightning's validation and test loops give each process its own rows: every process needs at least one."""
+    processes = _processes(trainer)
+    short = [f"trainer.devices={trainer.get('devices')}: {processes} processes, but the {part} split has {rows} "
+             f"row{'s' if rows != 1 else ''}; use fewer devices, or more {part} rows (a larger "
+             f"dataset.{part}_fraction{', or dataset.test_snapshot' if part == 'test' else ''})"
+             for part, rows in sizes.items() if part != "train" and rows < processes]
+    if short:
+        raise ConfigError(short)
 
 
 def _set_csv_history_aside(trainer: pl.Trainer) -> dict[Path, Path]:
@@ -197,6 +223,8 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
         net, plan = build_net(cfg, backbone, datamodule.classes), {h: "new" for h in datamodule.classes}
     kept = [h for h, action in plan.items() if action == "keep"]
     solved = net.backbone_frozen and cfg.fit.method == "solve"
+    if not solved:
+        _check_rows_per_process(cfg.trainer, datamodule.split_sizes())
 
     def features_of(snapshot):  # the frozen backbone's embeddings of all the snapshot's rows, if known
         return None
