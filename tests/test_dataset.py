@@ -1,5 +1,6 @@
 """Importing CSVs: column types, images over real HTTP, every bad input, edits with history, resume after kill -9."""
 
+import hashlib
 import json
 import os
 import re
@@ -58,7 +59,8 @@ def test_image_import_statuses(workspace, images_csv, image_server):
     assert columns["cat"].type == "label" and columns["id"].type == "ignore"
     import_dataset(workspace, "pets", table, list(columns.values()))
     counts = fetch_media(workspace, "pets", _fetcher(workspace))
-    assert counts["ok"] == 18, rows_frame(workspace, "pets")[["url", "url:status", "url:detail"]].to_string() and sum(counts.values()) == 24
+    listing = rows_frame(workspace, "pets")[["url", "url:status", "url:detail"]].to_string()
+    assert counts["ok"] == 18 and sum(counts.values()) == 24, listing
     frame = rows_frame(workspace, "pets").set_index("url")
     for path, (status, words) in BAD_URLS.items():
         row = frame.loc[f"{image_server.url}{path}"]
@@ -299,3 +301,23 @@ def test_fsspec_scheme_and_missing_blob_refetch(workspace, tmp_path):
     BlobStore(workspace.blobs_dir).path(sha).unlink()  # a blob lost from the store is fetched again
     assert fetch_media(workspace, "mem", fetcher) == {"ok": 3}
     assert BlobStore(workspace.blobs_dir).path(sha).is_file()
+
+
+def test_add_rows_reads_relative_image_paths_from_its_own_folder(workspace, tmp_path):
+    """Two folders, each with its own `photo.png` and a CSV naming it by a relative path: each row gets the photo
+    beside its own CSV."""
+    from PIL import Image
+
+    blobs = {}
+    for folder, colour in (("first", "red"), ("second", "blue")):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8), colour).save(tmp_path / folder / "photo.png")
+        blobs[folder] = hashlib.sha256((tmp_path / folder / "photo.png").read_bytes()).hexdigest()
+        (tmp_path / folder / "rows.csv").write_text(f"image,colour\nphoto.png,{colour}\n")
+    table = read_table(tmp_path / "first" / "rows.csv")
+    import_dataset(workspace, "photos", table, infer_columns(table, {"image": "image", "colour": "label"}))
+    add_rows(workspace, "photos", read_table(tmp_path / "second" / "rows.csv"))
+    assert fetch_media(workspace, "photos")["ok"] == 2
+    frame = rows_frame(workspace, "photos").set_index("colour")
+    assert frame.loc["red", "image:sha256"] == blobs["first"]
+    assert frame.loc["blue", "image:sha256"] == blobs["second"]
