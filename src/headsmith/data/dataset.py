@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from headsmith.data.ingest import Column, CsvTable, normalize_labels
-from headsmith.data.media import BlobStore, FetchResult, MediaFetcher
+from headsmith.data.media import BlobStore, FetchResult, MediaFetcher, local_ref
 from headsmith.errors import DatasetError
 from headsmith.workspace import Workspace
 
@@ -100,7 +100,7 @@ def _insert_rows(db, dataset: int, table: CsvTable, records: list[dict], image_c
                     for i, ((line, _), rec) in enumerate(zip(table.rows, records))])
     db.executemany("INSERT INTO media (dataset_id, row, column, ref, status, detail, updated_at) "
                    "VALUES (?, ?, ?, ?, 'pending', '', ?)",
-                   [(dataset, first + i, col, rec[col].strip(), now)
+                   [(dataset, first + i, col, local_ref(rec[col].strip(), table.path.parent), now)
                     for i, rec in enumerate(records) for col in image_columns if rec[col].strip()])
 
 

@@ -44,6 +44,16 @@ class BlobStore:
         return self.path(sha256).read_bytes()
 
 
+def local_ref(ref: str, folder: Path) -> str:
+    """An image reference as stored for fetching: a relative local path made absolute against the folder of the
+    CSV that named it (rows added from another CSV resolve against theirs); URLs and absolute paths as given."""
+    scheme = urlparse(ref).scheme
+    if len(scheme) > 1:  # http(s), file, s3, ... (a one-letter scheme is a Windows drive)
+        return ref
+    path = Path(ref).expanduser()
+    return ref if path.is_absolute() else str(folder.resolve() / path)
+
+
 @dataclass(frozen=True)
 class FetchResult:
     status: str  # ok, http_error, timeout, unreachable, not_an_image, too_large, too_many_pixels, corrupt, ...
