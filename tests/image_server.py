@@ -70,10 +70,19 @@ def decompression_bomb() -> bytes:
             + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
 
 
+RAW = {  # path -> the whole response: malformed headers and status lines
+    "/bad-length.jpg": b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: lots\r\n\r\nnot much",
+    "/two-lengths.jpg": (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 5\r\n"
+                         b"Content-Length: 7\r\n\r\nabcdefg"),
+    "/garbage-status.jpg": b"HELLO THERE\r\n\r\n",
+}
+
+
 class ImageServer:
     """Routes: /photo/NAME, /digit/I.png, /face/I.png, /missing.jpg (404), /slow.jpg (answers after `slow_seconds`),
     /page.jpg (HTML), /truncated.jpg, /50mp.jpg, /bomb.png, /flaky.jpg (503 once, then the image),
-    /latency/I.png (a digit after `latency` seconds). `hits` counts requests per path."""
+    /latency/I.png (a digit after `latency` seconds), and the malformed responses of RAW. `hits` counts requests
+    per path."""
 
     def __init__(self, latency: float = 0.1, slow_seconds: float = 4.0):
         self.latency, self.slow_seconds = latency, slow_seconds
@@ -90,6 +99,10 @@ class ImageServer:
                 with server._lock:
                     server.hits[self.path] += 1
                     count = server.hits[self.path]
+                if self.path in RAW:  # a response no well-behaved server sends, written byte for byte
+                    self.wfile.write(RAW[self.path])
+                    self.close_connection = True
+                    return
                 status, kind, body = server.route(self.path, count)
                 try:
                     self.send_response(status)

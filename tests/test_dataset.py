@@ -321,3 +321,17 @@ def test_add_rows_reads_relative_image_paths_from_its_own_folder(workspace, tmp_
     frame = rows_frame(workspace, "photos").set_index("colour")
     assert frame.loc["red", "image:sha256"] == blobs["first"]
     assert frame.loc["blue", "image:sha256"] == blobs["second"]
+
+
+def test_a_malformed_response_is_that_rows_status_not_an_aborted_import(workspace, image_server, tmp_path):
+    from image_server import RAW
+
+    rows = [f"{image_server.url}{path}" for path in RAW] + [f"{image_server.url}/photo/coffee.png"]
+    (tmp_path / "odd.csv").write_text("url,cat\n" + "".join(f"{url},no\n" for url in rows))
+    import_csv(workspace, tmp_path / "odd.csv", "odd")
+    counts = fetch_media(workspace, "odd", _fetcher(workspace, retries=0))
+    frame = rows_frame(workspace, "odd").set_index("url")
+    assert counts["ok"] == 1 and frame.loc[rows[-1], "url:status"] == "ok"
+    for url in rows[:-1]:
+        assert frame.loc[url, "url:status"] == "bad_response", frame.loc[url].to_dict()
+    assert "Content-Length 'lots'" in frame.loc[rows[0], "url:detail"]
