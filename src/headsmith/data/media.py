@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import random
 import time
@@ -56,7 +57,7 @@ def local_ref(ref: str, folder: Path) -> str:
 
 @dataclass(frozen=True)
 class FetchResult:
-    status: str  # ok, http_error, timeout, unreachable, not_an_image, too_large, too_many_pixels, corrupt, ...
+    status: str  # ok, http_error, timeout, unreachable, not_an_image, bad_response, too_large, too_many_pixels, corrupt, ...
     detail: str = ""
     sha256: str | None = None
 
@@ -137,13 +138,16 @@ class MediaFetcher:
                 kind = response.headers.get_content_type()
                 if not (kind.startswith("image/") or kind == "application/octet-stream"):
                     raise _Final(FetchResult("not_an_image", f"the server sent {kind}, not an image"))
-                declared = response.headers.get("Content-Length")
-                if declared and int(declared) > self.max_bytes:
-                    raise _Final(self._too_large(int(declared)))
+                declared = self._declared_length(response.headers.get_all("Content-Length") or [])
+                if declared is not None and declared > self.max_bytes:
+                    raise _Final(self._too_large(declared))
                 data = response.read(self.max_bytes + 1)
         except urllib.error.HTTPError as e:
             result = FetchResult("http_error", f"http {e.code} {e.reason}")
             raise (_Retryable if e.code in (408, 425, 429) or e.code >= 500 else _Final)(result) from None
+        except http.client.HTTPException as e:  # a status line or headers that do not parse, a short body
+            raise _Final(FetchResult("bad_response", f"the server's response is malformed: {type(e).__name__}: "
+                                                     f"{str(e)[:200]}")) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, TimeoutError) or "timed out" in str(reason):
@@ -152,6 +156,16 @@ class MediaFetcher:
         if len(data) > self.max_bytes:
             raise _Final(self._too_large(len(data)))
         return data
+
+    @staticmethod
+    def _declared_length(values: list[str]) -> int | None:
+        """The Content-Length a server declared; a malformed or ambiguous one is that image's failure."""
+        if not values:
+            return None
+        if len(set(values)) > 1 or not values[0].strip().isdigit():
+            shown = ", ".join(repr(v[:40]) for v in values)
+            raise _Final(FetchResult("bad_response", f"the server sent Content-Length {shown}: not one whole number"))
+        return int(values[0])
 
     def _read_file(self, path: Path) -> bytes:
         if not path.is_file():
