@@ -59,23 +59,47 @@ def test_retrain_a_head_starts_from_the_base_and_keeps_the_rest(compose, base, w
     path = tmp_path / "more-sentiment.csv"
     frame[["text", "sentiment"]].to_csv(path, index=False)
     snapshot_csv(workspace, path, "more-sentiment", "text", {"sentiment": "sentiment"})
-    metrics, _ = train(compose("dataset.snapshot=more-sentiment", "base_model=base:1", "optimizer.lr=0.05",
-                               f"paths.output_dir={tmp_path / 'retrain'}"))
-    assert metrics["heads"] == {"sentiment": "retrain", "long": "keep"}
-    model = load_model(Path(metrics["model"]))
+
+    def retrain(*overrides, name):
+        metrics, _ = train(compose("dataset.snapshot=more-sentiment", "base_model=base:1", *overrides,
+                                   f"paths.output_dir={tmp_path / name}"))
+        assert metrics["heads"] == {"sentiment": "retrain", "long": "keep"}
+        return load_model(Path(metrics["model"]))
+
+    model = retrain(name="retrain")
     assert _scores(model, "long") == _scores(base, "long")
     assert _scores(model, "sentiment") != _scores(base, "sentiment")
     assert model.classes["sentiment"] == base.classes["sentiment"]
+    # The start: trained with a zero learning rate, the head is the base head exactly (a head started from
+    # scratch would be a random one).
+    still = retrain("fit=sgd", "optimizer.lr=0", "trainer.max_epochs=1", name="still")
+    assert torch.equal(still.heads["head_sentiment"][1].weight, base.heads["head_sentiment"][1].weight)
+    # The prior: solved with a very strong L2, a retrained head stays at the base head (a new head would go to
+    # zero weights).
+    pulled = retrain("fit.C=[1e-7]", "fit.folds=2", name="pulled")
+    ours, theirs = pulled.heads["head_sentiment"][1].weight, base.heads["head_sentiment"][1].weight
+    assert (ours - theirs).norm() < 1e-3 * theirs.norm() and theirs.norm() > 0.1
 
 
 def test_partial_backbone_distils_kept_heads_and_reports_agreement(compose, base, short_snapshot, tmp_path):
-    metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", "backbone.mode=partial",
-                               "backbone.trainable_blocks=1", "trainer.max_epochs=2", "distillation.weight=5",
-                               f"paths.output_dir={tmp_path / 'partial'}"))
-    agreement = metrics["agreement_with_base"]
-    assert set(agreement) == {"sentiment", "long"} and all(0.5 <= v <= 1.0 for v in agreement.values())
-    log = pd.read_csv(tmp_path / "partial" / "logs" / "metrics.csv")
-    assert log["train/distillation"].notna().any()
+    """The same partial fine-tuning with distillation on and off: on keeps the kept heads' answers closer to the
+    base model's."""
+    drift = {}
+    for weight in (5, 0):
+        metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", "backbone.mode=partial",
+                                   "backbone.trainable_blocks=1", "trainer.max_epochs=2", f"distillation.weight={weight}",
+                                   "optimizer.lr=3e-3", f"paths.output_dir={tmp_path / f'partial-{weight}'}"))
+        model = load_model(Path(metrics["model"]))
+        drift[weight] = sum(abs(ours[c] - theirs[c]) for head in ("sentiment", "long")
+                            for ours, theirs in zip(_scores(model, head), _scores(base, head)) for c in ours)
+        log = pd.read_csv(tmp_path / f"partial-{weight}" / "logs" / "metrics.csv")
+        if weight:
+            agreement = metrics["agreement_with_base"]
+            assert set(agreement) == {"sentiment", "long"} and all(0.5 <= v <= 1.0 for v in agreement.values())
+            assert log["train/distillation"].notna().any()
+        else:
+            assert not metrics.get("agreement_with_base") and "train/distillation" not in log
+    assert 0 < drift[5] < 0.75 * drift[0], drift  # measured: about half
 
 
 def test_head_plan_mistakes(compose, base, short_snapshot, workspace):
