@@ -9,7 +9,7 @@ import pytest
 
 from headsmith.data.media import ImageRejected, MediaFetcher
 from headsmith.errors import HeadsmithError
-from headsmith.serving.urls import public_address
+from headsmith.data.urls import public_address
 
 PRIVATE = [
     "http://127.0.0.1/a.png", "http://10.1.2.3/a.png", "http://169.254.169.254/latest/meta-data",  # cloud metadata

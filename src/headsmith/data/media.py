@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from headsmith.data.urls import pinned_opener, public_address
 from headsmith.errors import HeadsmithError
 from headsmith.files import write_atomic
 
@@ -84,6 +85,7 @@ class MediaFetcher:
     concurrency: int = 16
     base_dir: Path | None = None  # relative local paths are read from here (the CSV's folder)
     follow_redirects: bool = True  # a server fetching for others refuses them: a redirect could point inside
+    public_only: bool = False  # http(s) to public addresses only, connected to as checked (serving/urls.py)
 
     def read(self, ref: str) -> bytes:
         """The bytes behind a URL or path, with retries on transient failures; ImageRejected says why not."""
@@ -123,6 +125,8 @@ class MediaFetcher:
         parsed = urlparse(ref)
         if parsed.scheme in ("http", "https"):
             return self._read_http(ref)
+        if self.public_only:
+            raise _Final(FetchResult("refused", f"{ref[:200]!r} is not an http(s) URL"))
         if parsed.scheme == "file":
             return self._read_file(Path(unquote(parsed.path)))
         if parsed.scheme and len(parsed.scheme) > 1:
@@ -133,7 +137,14 @@ class MediaFetcher:
     def _read_http(self, url: str) -> bytes:
         request = urllib.request.Request(url, headers={"User-Agent": "headsmith"})
         try:
-            opener = urllib.request.build_opener(*([] if self.follow_redirects else [_NoRedirect()]))
+            if self.public_only:  # resolved and checked once; the connection goes to that address, no redirects
+                try:
+                    address = public_address(url)
+                except HeadsmithError as e:
+                    raise _Final(FetchResult("refused", str(e))) from None
+                opener = pinned_opener(address, _NoRedirect())
+            else:
+                opener = urllib.request.build_opener(*([] if self.follow_redirects else [_NoRedirect()]))
             with opener.open(request, timeout=self.timeout) as response:
                 kind = response.headers.get_content_type()
                 if not (kind.startswith("image/") or kind == "application/octet-stream"):

@@ -24,7 +24,6 @@ from headsmith.errors import HeadsmithError
 from headsmith.models.package import read_meta
 from headsmith.predictor import ModelCard, Predictor
 from headsmith.serving.auth import APIKeyMiddleware
-from headsmith.serving.urls import check_public_url
 
 
 class ServiceArgs(BaseModel):
@@ -81,7 +80,8 @@ class Moderation:
 
     def __init__(self) -> None:
         self.card = ModelCard(read_meta(self.model.path), args.name, args.version)
-        self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False)
+        self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False,
+                                    public_only=True)
         # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls and closes the old one with
         # calls still in flight (bentoml/BentoML#5540, #5544), which under load fails or repeats a share of them.
         # The scorer runs beside this service: one session, kept.
@@ -162,7 +162,6 @@ class Moderation:
             checked.append(self._image(data, f"images[{i}]"))
         for i, url in enumerate(urls):
             try:
-                check_public_url(url)
                 data = self.fetcher.read(url)
             except HeadsmithError as e:
                 raise _bad(f"urls[{i}]: {e}") from None
