@@ -4,6 +4,7 @@ on 127.0.0.1; clients are bentoml.SyncHTTPClient and raw HTTP."""
 import base64
 import json
 import os
+import re
 import socket
 import threading
 import urllib.error
@@ -63,7 +64,10 @@ def post(url: str, body, key: str | None = None, content_type: str = "applicatio
 
 
 def error_of(body) -> str:
-    return json.dumps(body)
+    """The message of an error answer, after checking its shape: {"error": {"code": ..., "message": ...}}."""
+    assert isinstance(body, dict) and set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str), body
+    return body["error"]["message"]
 
 
 def scorer_calls(url: str) -> tuple[float, float]:
@@ -167,11 +171,54 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_answering(text_deployme
         ({"texts": ["fine"] * 1000}, key, "application/json", 400, "1000 inputs in one request: at most 100"),
         ({"images": ["aGVsbG8="]}, key, "application/json", 400, "reads texts"),
     ]
+    codes = {400: "invalid_request", 401: "unauthorized"}
     for body, with_key, content_type, status, message in cases:
         target = f"{url}/v1/classify/image" if "images" in str(body)[:12] else endpoint
         got, answer = post(target, body, with_key, content_type)
         assert (got, message in error_of(answer)) == (status, True), (body if len(str(body)) < 200 else "...", answer)
+        assert answer["error"]["code"] == codes[status]
         assert post(endpoint, {"texts": ["still up"]}, key)[0] == 200
+
+
+def _raw(url: str, head: bytes, body_chunks=(), key: str = "") -> tuple[int, dict]:
+    """One request written by hand on a socket (a declared length it never sends, a chunked body): the status
+    and the JSON answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(head.replace(b"KEY", key.encode()))
+        try:
+            for chunk in body_chunks:
+                connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            connection.sendall(b"0\r\n\r\n" if body_chunks else b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the whole body was sent
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := connection.recv(65536)):
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        while len(body) < length and (chunk := connection.recv(65536)):
+            body += chunk
+    return int(head.split()[1]), json.loads(body[:length])
+
+
+def test_request_size_caps_answer_413_naming_the_limit_before_the_body_is_read(text_deployments):
+    _, (url, key), _ = text_deployments
+    endpoint = f"{url}/v1/classify/text"
+    # a body over 32 MiB: refused, whether its length is declared or it arrives chunked
+    declared = (b"POST /v1/classify/text HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 41943040\r\n\r\n")
+    status, answer = _raw(url, declared, key=key)  # 40 MiB announced, none sent: answered at once
+    assert status == 413 and "the request body is 40.0 MiB: the limit is 32.0 MiB" in error_of(answer)
+    assert answer["error"]["code"] == "too_large"
+    chunked = (b"POST /v1/classify/text HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer KEY\r\n"
+               b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    status, answer = _raw(url, chunked, [b"x" * 2**20] * 40, key=key)
+    assert status == 413 and "the limit is 32.0 MiB" in error_of(answer)
+    # unauthenticated: refused before a byte of the body is read
+    status, answer = _raw(url, declared.replace(b"Authorization: Bearer KEY\r\n", b""))
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert post(endpoint, {"texts": ["still up"]}, key)[0] == 200
 
 
 def test_an_overloaded_deployment_answers_503_with_its_reason_and_keeps_serving(text_deployments):
@@ -193,8 +240,8 @@ def test_an_overloaded_deployment_answers_503_with_its_reason_and_keeps_serving(
     refused = [a for a in answers if a[0] != 200]
     assert refused, "32 requests at once with max_latency_ms=1: some are refused"
     for status, retry_after, body in refused:
-        assert (status, retry_after) == (503, "1") and "overloaded" in body["error"] \
-            and "max_latency_ms=1;" in body["error"], (status, body)
+        assert (status, retry_after) == (503, "1") and body["error"]["code"] == "overloaded" \
+            and "max_latency_ms=1;" in error_of(body), (status, body)
     assert ask("one at a time")[0] == 200
 
 
@@ -257,6 +304,15 @@ def test_images_by_upload_and_base64_and_every_bad_image_refused(image_deploymen
         status, answer = post(endpoint, body, key)
         assert (status, message in error_of(answer)) == (400, True), answer
         assert post(endpoint, {"images": [b64(photo.read_bytes())]}, key)[0] == 200
+    # one image over 20 MiB, in a body under 32 MiB: base64 in JSON, or a multipart file
+    big = photo.read_bytes() + bytes(21 * 2**20)
+    status, answer = post(endpoint, {"images": [b64(big)]}, key)
+    assert status == 413 and "an image is 21.0 MiB: the limit is 20.0 MiB" in error_of(answer), answer
+    boundary = "headsmith-test"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    status, answer = post(f"{url}/v1/classify/image/upload", form, key, f"multipart/form-data; boundary={boundary}")
+    assert status == 413 and "the limit is 20.0 MiB" in error_of(answer), answer
     assert post(f"{url}/v1/classify/text", {"texts": ["a text"]}, key)[0] == 400
 
 
