@@ -307,7 +307,7 @@ def test_images_by_upload_and_base64_and_every_bad_image_refused(image_deploymen
     # one image over 20 MiB, in a body under 32 MiB: base64 in JSON, or a multipart file
     big = photo.read_bytes() + bytes(21 * 2**20)
     status, answer = post(endpoint, {"images": [b64(big)]}, key)
-    assert status == 413 and "an image is 21.0 MiB: the limit is 20.0 MiB" in error_of(answer), answer
+    assert status == 413 and re.search(r"an image is 21\.\d MiB: the limit is 20\.0 MiB", error_of(answer)), answer
     boundary = "headsmith-test"
     form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()

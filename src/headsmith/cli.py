@@ -606,13 +606,16 @@ def deploy_create(name: Annotated[str, typer.Argument(help="the deployment's nam
                                                                    "batch")] = 1000,
                   max_inputs: Annotated[int, typer.Option(help="most inputs in one request")] = 64,
                   max_text_chars: Annotated[int, typer.Option(help="longest text accepted")] = 10_000,
-                  allow_urls: Annotated[bool, typer.Option(help="fetch image URLs (public addresses only)")] = False):
+                  allow_urls: Annotated[bool, typer.Option(help="fetch image URLs (public addresses only)")] = False,
+                  max_body_mib: Annotated[float, typer.Option(help="largest request body (413 above)")] = 32,
+                  max_image_mib: Annotated[float, typer.Option(help="largest image in a request (413 above)")] = 20):
     """Put the model in BentoML's model store, build its Bento, and record the deployment."""
     from headsmith.serving.deploy import create_deployment
     from headsmith.workspace import Workspace
 
     d = create_deployment(Workspace(), name, model, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
-                          max_inputs=max_inputs, max_text_chars=max_text_chars, allow_urls=allow_urls)
+                          max_inputs=max_inputs, max_text_chars=max_text_chars, allow_urls=allow_urls,
+                          max_body_bytes=int(max_body_mib * 2**20), max_image_bytes=int(max_image_mib * 2**20))
     console.print(f"deployment {name}: model {d['model']} (BentoML model {d['bentoml_model']}), Bento {d['bento']}",
                   highlight=False)
     console.print(f"next: headsmith deploy keys create {name}; headsmith deploy serve {name} --port 3000",

@@ -9,6 +9,8 @@ import os
 import secrets
 from pathlib import Path
 
+from headsmith.serving.http import send_error
+
 # Paths anyone may call: health and readiness probes, metrics, the OpenAPI docs.
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs")
 
@@ -80,9 +82,5 @@ class APIKeyMiddleware:
             return await self.app(scope, receive, send)
         if self.keys.accepts(key_from_headers(dict(scope["headers"]))):
             return await self.app(scope, receive, send)
-        body = json.dumps({"error": "missing or invalid API key: send `Authorization: Bearer KEY` (headsmith "
-                                    "deploy keys create DEPLOYMENT makes one)"}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 401, "missing or invalid API key: send `Authorization: Bearer KEY` (headsmith deploy "
+                                    "keys create DEPLOYMENT makes one)", [(b"www-authenticate", b"Bearer")])

@@ -29,7 +29,7 @@ from headsmith.workspace import Workspace
 
 TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
 DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 1000, "max_inputs": 64, "max_text_chars": 10_000,
-            "allow_urls": False}
+            "allow_urls": False, "max_body_bytes": 32 * 2**20, "max_image_bytes": 20 * 2**20}
 
 
 def _now() -> str:

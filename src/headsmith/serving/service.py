@@ -17,13 +17,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from headsmith.data.media import MAX_PIXELS, ImageRejected, MediaFetcher, open_image
 from headsmith.errors import HeadsmithError
 from headsmith.models.package import read_meta
 from headsmith.predictor import ModelCard, Predictor
 from headsmith.serving.auth import APIKeyMiddleware
+from headsmith.serving.http import ErrorShape, RequestLimits, error_body
 
 
 class ServiceArgs(BaseModel):
@@ -36,6 +37,8 @@ class ServiceArgs(BaseModel):
     max_text_chars: int = 10_000    # per text
     max_pixels: int = MAX_PIXELS    # per image, checked from the header before decoding
     allow_urls: bool = False        # fetch image URLs (public addresses only)
+    max_body_bytes: int = 32 * 2**20   # per request, counted as it arrives (413 above it)
+    max_image_bytes: int = 20 * 2**20  # per image: uploaded, base64 or fetched
 
 
 args = bentoml.use_arguments(ServiceArgs)
@@ -45,11 +48,12 @@ def _bad(message: str) -> InvalidArgument:
     return InvalidArgument(message)  # HTTP 400 with the message
 
 
-def _overloaded() -> JSONResponse:
+def _overloaded() -> Response:
     """503 with its reason and when to retry (BentoML's own 503 body says only "unexpected error")."""
-    return JSONResponse({"error": f"overloaded: the model could not take this request within max_latency_ms="
-                                  f"{args.max_latency_ms}; retry in a moment, or scale the deployment out"},
-                        status_code=503, headers={"Retry-After": "1"})
+    message = (f"overloaded: the model could not take this request within max_latency_ms={args.max_latency_ms}; "
+               "retry in a moment, or scale the deployment out")
+    return Response(error_body(503, message), status_code=503, media_type="application/json",
+                    headers={"Retry-After": "1"})
 
 
 @bentoml.service(name="headsmith-scorer", workers=1, logging={"access": {"enabled": False}})  # internal calls
@@ -81,7 +85,7 @@ class Moderation:
     def __init__(self) -> None:
         self.card = ModelCard(read_meta(self.model.path), args.name, args.version)
         self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False,
-                                    public_only=True)
+                                    public_only=True, max_bytes=args.max_image_bytes)
         # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls and closes the old one with
         # calls still in flight (bentoml/BentoML#5540, #5544), which under load fails or repeats a share of them.
         # The scorer runs beside this service: one session, kept.
@@ -89,7 +93,7 @@ class Moderation:
         if sessions is not None:
             sessions.max_requests = sessions.max_age = math.inf
 
-    async def _answer(self, inputs: list[str], heads: list[str] | None) -> dict | JSONResponse:
+    async def _answer(self, inputs: list[str], heads: list[str] | None) -> dict | Response:
         try:
             heads = self.card.check_heads(heads)
         except HeadsmithError as e:
@@ -184,4 +188,7 @@ class Moderation:
         return self.card.describe()
 
 
+# Outermost first: errors reshaped, then the key checked before any body is read, then the body counted.
+Moderation.add_asgi_middleware(ErrorShape)
 Moderation.add_asgi_middleware(APIKeyMiddleware)
+Moderation.add_asgi_middleware(RequestLimits, max_body=args.max_body_bytes, max_image=args.max_image_bytes)
