@@ -124,6 +124,16 @@ def test_csv_dialects_bom_quoted_newlines_and_encodings(tmp_path):
     assert read_table(latin, encoding="cp1252").rows[0][1][0] == "café crème"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_csvs_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    """Excel's "Unicode text" and other Windows tools write UTF-16 with a byte-order mark: the mark says which."""
+    path = tmp_path / "wide.csv"
+    text = "text,label\ncafé crème 🍵,yes\nplain,no\n"
+    path.write_bytes(("" if encoding in ("utf-16", "utf-32") else "\ufeff").encode(encoding) + text.encode(encoding))
+    table = read_table(path)
+    assert table.columns == ["text", "label"] and table.rows == [(2, ["café crème 🍵", "yes"]), (3, ["plain", "no"])]
+
+
 def test_labels_whitespace_case_empty_and_one_class(workspace, tmp_path):
     path = tmp_path / "labels.csv"
     pd.DataFrame({"text": [f"review number {i}" for i in range(12)],
