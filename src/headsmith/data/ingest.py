@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -42,7 +43,14 @@ class CsvTable:
         return [cells[i] for _, cells in self.rows]
 
 
+# Byte-order marks, longest first (UTF-32 LE's begins with UTF-16 LE's): the mark says the encoding.
+BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16")]
+
+
 def _decode(path: Path, raw: bytes, encoding: str | None) -> str:
+    if encoding is None:
+        encoding = next((name for mark, name in BOMS if raw.startswith(mark)), None)
     try:
         text = raw.decode(encoding or "utf-8")
     except UnicodeDecodeError as e:
