@@ -109,22 +109,53 @@ def _check_rows_per_process(trainer: DictConfig, sizes: dict[str, int]) -> None:
 
 
 def _set_csv_history_aside(trainer: pl.Trainer) -> dict[Path, Path]:
-    """Lightning's CSV logger starts its file afresh: keep what a resumed run logged before it stopped."""
+    """Lightning's CSV logger starts its file afresh: keep what a resumed run logged before it stopped. When an
+    earlier resume was killed before it could merge, its rows join the history set aside first."""
     aside = {}
     for logger in trainer.loggers:
-        if isinstance(logger, pl.loggers.CSVLogger) and (Path(logger.log_dir) / "metrics.csv").is_file():
-            current = Path(logger.log_dir) / "metrics.csv"
-            aside[current] = current.rename(current.with_name("metrics.before-resume.csv"))
+        if not isinstance(logger, pl.loggers.CSVLogger):
+            continue
+        current = Path(logger.log_dir) / "metrics.csv"
+        before = current.with_name("metrics.before-resume.csv")
+        if before.is_file() and current.is_file():
+            _merge_history(before, current, into=before)
+            current.unlink()
+        elif current.is_file():
+            current.rename(before)
+        if before.is_file():
+            aside[current] = before
     return aside
+
+
+def _merge_history(older: Path, newer: Path, into: Path) -> None:
+    """The rows of `older` before the first epoch of `newer`, then `newer`'s, written atomically to `into` (a run
+    killed before it logged a row leaves `newer` empty: then `older` whole)."""
+    old, new = _read_history(older), _read_history(newer)
+    if "epoch" not in new or new.empty:
+        kept = old
+    elif "epoch" not in old:
+        kept = new
+    else:
+        kept = pd.concat([old[old["epoch"] < new["epoch"].min()], new])
+    with atomic_path(into) as tmp:
+        kept.to_csv(tmp, index=False)
+
+
+def _read_history(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # created, nothing written yet
+        return pd.DataFrame()
 
 
 def _restore_csv_history(aside: dict[Path, Path]) -> None:
     """One metrics.csv again: the rows before the epoch the resumed run started with, then the resumed run's."""
     for current, before in aside.items():
-        old, new = pd.read_csv(before), pd.read_csv(current)
-        with atomic_path(current) as tmp:
-            pd.concat([old[old["epoch"] < new["epoch"].min()], new]).to_csv(tmp, index=False)
-        before.unlink()
+        if current.is_file():
+            _merge_history(before, current, into=current)
+        else:
+            before.rename(current)
+        before.unlink(missing_ok=True)
 
 
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dict, dict]:
