@@ -64,20 +64,21 @@ def public_address(url: str) -> tuple[str, int]:
     return str(addresses[0]), port
 
 
-class _Pinned(http.client.HTTPConnection):
-    """Connects to a fixed (address, port) whatever the URL's host; the Host header stays the URL's."""
+class _PinnedMixin:
+    """Connects to a fixed (address, port) whatever the URL's host; the Host header (and, over TLS, the SNI name
+    and the certificate check) stays the URL's host."""
 
     def __init__(self, *args, address: tuple[str, int], **kwargs):
         super().__init__(*args, **kwargs)
         self._create_connection = lambda _, *rest: socket.create_connection(address, *rest)
 
 
-class _PinnedTLS(http.client.HTTPSConnection):
-    """As _Pinned, with TLS checked against the URL's host name (SNI and certificate)."""
+class _Pinned(_PinnedMixin, http.client.HTTPConnection):
+    pass
 
-    def __init__(self, *args, address: tuple[str, int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self._create_connection = lambda _, *rest: socket.create_connection(address, *rest)
+
+class _PinnedTLS(_PinnedMixin, http.client.HTTPSConnection):
+    pass
 
 
 def pinned_opener(address: tuple[str, int], *handlers) -> urllib.request.OpenerDirector:
