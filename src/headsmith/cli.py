@@ -644,19 +644,32 @@ def deploy_list():
     from headsmith.workspace import Workspace
 
     view = Table("deployment", "model", "bento", "status", "url", "keys", "created")
-    for d in list_deployments(Workspace()):
+    deployments = list_deployments(Workspace())
+    for d in deployments:
         view.add_row(d["name"], d["model"], d["bento"], d["status"], d["url"] or "", str(d["keys"]), d["created_at"])
     console.print(view)
+    for d in deployments:
+        if d["status"] == "stale":
+            console.print(f"deployment {d['name']}: stale server record: {d['note']}; `headsmith deploy stop "
+                          f"{d['name']}` removes it (nothing is signalled)")
 
 
 @deploy_app.command("stop")
 @user_errors
 def deploy_stop(name: str):
     """Stop a running deployment."""
-    from headsmith.serving.deploy import stop_deployment
+    from headsmith.serving.deploy import get_deployment, stop_deployment
     from headsmith.workspace import Workspace
 
-    console.print(f"deployment {name}: " + ("stopped" if stop_deployment(Workspace(), name) else "was not running"))
+    workspace = Workspace()
+    before = get_deployment(workspace, name)
+    if stop_deployment(workspace, name):
+        console.print(f"deployment {name}: stopped")
+    elif before["status"] == "stale":
+        console.print(f"deployment {name}: was not running; {before['note']}: its record is removed, nothing was "
+                      "signalled")
+    else:
+        console.print(f"deployment {name}: was not running")
 
 
 @deploy_app.command("delete")

@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS deployments (
 );
 CREATE TABLE IF NOT EXISTS deploy_keys (
     deployment TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
-    key_id TEXT NOT NULL,           -- the first characters of the key's random part: safe to show
+    key_id TEXT NOT NULL,           -- random, drawn apart from the key: safe to show
     sha256 TEXT NOT NULL,           -- the key itself is never stored
     label TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
@@ -77,6 +77,43 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created_at TEXT NOT NULL
 );
 """
+
+
+
+
+def _random_key_ids(db: sqlite3.Connection, root: Path) -> None:
+    """Version 1. Key ids were the first 8 random characters of the key itself, shown in lists and logs and
+    written to keys.json: each key gets a random id; the keys (their hashes) are unchanged and keep working."""
+    from headsmith.serving.auth import new_key_id, write_key_file  # only when migrating: serving is a layer above
+
+    rows = db.execute("SELECT deployment, key_id FROM deploy_keys").fetchall()
+    for row in rows:
+        db.execute("UPDATE deploy_keys SET key_id = ? WHERE deployment = ? AND key_id = ?",
+                   (new_key_id(), row["deployment"], row["key_id"]))
+    for deployment in sorted({row["deployment"] for row in rows}):
+        if (root / "deployments" / deployment).is_dir():
+            write_key_file(db, root / "deployments" / deployment / "keys.json", deployment)
+
+
+# The catalog's version is SQLite's user_version; a catalog made by earlier code (version 0) is upgraded in place
+# by every step above its version, in one transaction.
+MIGRATIONS = [(1, _random_key_ids)]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _migrate(db: sqlite3.Connection, root: Path) -> None:
+    db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find it done
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for target, step in MIGRATIONS:
+            if version < target:
+                step(db, root)
+        if version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
 
 
 def workspace_root() -> Path:
@@ -126,6 +163,8 @@ class Workspace:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                _migrate(conn, self.root)
             with conn:
                 yield conn
         finally:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from headsmith.serving import deploy
+from headsmith.serving import auth
 from headsmith.serving.auth import KeyRing, key_hash
 from headsmith.serving.deploy import create_key, list_deployments, list_keys, revoke_key, stop_deployment
 
@@ -38,7 +38,7 @@ def test_a_key_id_is_random_and_shares_nothing_with_the_key(workspace, deploymen
     for _ in range(20):
         key, key_id = create_key(workspace, deployment)
         secret = key.removeprefix("hs_")
-        assert not any(key_id[i:i + 4] in secret for i in range(len(key_id) - 3)), (key_id, key)
+        assert not any(key_id[i:i + 6] in secret for i in range(len(key_id) - 5)), (key_id, key)
         ids.add(key_id)
     assert len(ids) == 20
 
@@ -72,7 +72,7 @@ def test_a_key_created_while_another_is_revoked_never_brings_the_revoked_one_bac
     """The worst interleaving, forced: `keys create` has read the catalog and is about to write keys.json when a
     `keys revoke` runs from start to end. Its keys.json must not be overwritten by the creator's older view."""
     first, first_id = create_key(workspace, deployment)
-    real_write = deploy.write_atomic
+    real_write = auth.write_atomic
     revoker = threading.Thread(target=revoke_key, args=(workspace, deployment, first_id))
     paused = threading.Event()
 
@@ -82,7 +82,7 @@ def test_a_key_created_while_another_is_revoked_never_brings_the_revoked_one_bac
             revoker.start()
             revoker.join(timeout=3)  # serialized writers: the revoke waits for this one, so give up after a while
         real_write(path, data)
-    monkeypatch.setattr(deploy, "write_atomic", slow_write)
+    monkeypatch.setattr(auth, "write_atomic", slow_write)
     second, _ = create_key(workspace, deployment)
     revoker.join()
     ring = _file_keys(workspace, deployment)

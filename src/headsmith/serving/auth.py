@@ -9,16 +9,31 @@ import os
 import secrets
 from pathlib import Path
 
+from headsmith.files import write_atomic
 from headsmith.serving.http import send_error
 
 # Paths anyone may call: health and readiness probes, metrics, the OpenAPI docs.
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/docs")
 
 
+def new_key_id() -> str:
+    """A key's name in lists and logs: random, drawn apart from the key, so showing it reveals nothing of the key."""
+    return f"key_{secrets.token_hex(5)}"
+
+
 def new_key() -> tuple[str, str]:
-    """A fresh key and its id (the first characters of its random part, safe to show and log)."""
-    secret = secrets.token_urlsafe(32)
-    return f"hs_{secret}", secret[:8]
+    """A fresh key and its id."""
+    return f"hs_{secrets.token_urlsafe(32)}", new_key_id()
+
+
+def write_key_file(db, path: Path, deployment: str) -> None:
+    """The deployment's keys.json (hashes only; a running server re-reads it when it changes) from the catalog as
+    `db` sees it. Called inside the transaction that changed the keys, holding SQLite's write lock
+    (BEGIN IMMEDIATE): writers take turns, so the last file written holds every committed change and a
+    concurrent `keys create` cannot write back a key another process has just revoked."""
+    keys = [dict(r) for r in db.execute("SELECT key_id, sha256, revoked_at FROM deploy_keys WHERE deployment = ? "
+                                        "ORDER BY created_at", (deployment,))]
+    write_atomic(path, json.dumps(keys))
 
 
 def key_hash(key: str) -> str:

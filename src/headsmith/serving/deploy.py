@@ -17,6 +17,8 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
 import headsmith
 from headsmith.config import bundled
 from headsmith.data.dataset import check_name
@@ -24,7 +26,7 @@ from headsmith.errors import HeadsmithError
 from headsmith.files import write_atomic
 from headsmith.models.package import WEIGHTS_FILE
 from headsmith.models.registry import model_identity
-from headsmith.serving.auth import key_hash, new_key
+from headsmith.serving.auth import key_hash, new_key, write_key_file
 from headsmith.workspace import Workspace
 
 TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
@@ -106,7 +108,7 @@ def create_deployment(workspace: Workspace, name: str, model_ref: str, **setting
         db.execute("INSERT INTO deployments (name, model, bentoml_model, bento, settings, created_at) "
                    "VALUES (?, ?, ?, ?, ?, ?)", (name, model_label, tag, str(bento.tag), json.dumps(arguments),
                                                  _now()))
-    _write_keys(workspace, name)
+        write_key_file(db, _keys_file(workspace, name), name)
     return get_deployment(workspace, name)
 
 
@@ -117,7 +119,7 @@ def get_deployment(workspace: Workspace, name: str) -> dict:
     if row is None:
         raise HeadsmithError(f"no deployment '{name}'" + (f" (deployments: {', '.join(known)})" if known else
                                                           ": create one with headsmith deploy create NAME --model M"))
-    return {**dict(row), "settings": json.loads(row["settings"]), **_process(workspace, name)}
+    return {**dict(row), "settings": json.loads(row["settings"]), **_process(workspace, name, row["bento"])}
 
 
 def list_deployments(workspace: Workspace) -> list[dict]:
@@ -134,24 +136,47 @@ def _state_file(workspace: Workspace, name: str) -> Path:
     return workspace.deployments_dir / name / "server.json"
 
 
-def _alive(pid: int) -> bool:
+def _identity(pid: int) -> dict | None:
+    """What tells a process apart beyond its pid, which the system reuses: its start time and command line.
+    None when no such process runs (or it has exited and waits to be reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return {"create_time": process.create_time(), "cmdline": process.cmdline()}
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:  # another user's process: not one this workspace started
+        return {"create_time": None, "cmdline": []}
 
 
-def _process(workspace: Workspace, name: str) -> dict:
+def _process(workspace: Workspace, name: str, bento: str) -> dict:
+    """The deployment's server as its record says and as the system sees it: running (the recorded pid is still
+    the server that was started: same start time and command line), stopped (no record, or that process is gone),
+    or stale (the record is unreadable, or the pid now belongs to another program: never signalled)."""
     path = _state_file(workspace, name)
     if not path.is_file():
         return {"status": "stopped", "url": None, "pid": None}
-    state = json.loads(path.read_text())
-    if not _alive(state["pid"]):
+    try:
+        state = json.loads(path.read_text())
+        pid, url = state["pid"], state["url"]
+        if type(pid) is not int or pid <= 1 or not isinstance(url, str):
+            raise ValueError(f"pid {pid!r}, url {url!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return {"status": "stale", "url": None, "pid": None, "note": f"{path} is unreadable ({e})"}
+    now = _identity(pid)
+    if now is None:
         return {"status": "stopped", "url": None, "pid": None}
-    return {"status": "running", "url": state["url"], "pid": state["pid"]}
+    recorded_time, recorded_cmdline = state.get("create_time"), state.get("cmdline")
+    same = (now["cmdline"] == recorded_cmdline if recorded_cmdline is not None  # records of earlier versions:
+            else "serve" in now["cmdline"] and bento in now["cmdline"])  # the command it would have run
+    if recorded_time is not None:
+        same = same and now["create_time"] is not None and abs(now["create_time"] - recorded_time) < 0.5
+    if not same:
+        shown = " ".join(now["cmdline"])[:120] or "another user's process"
+        return {"status": "stale", "url": None, "pid": None,
+                "note": f"the recorded pid {pid} is not this deployment's server any more (it is now: {shown})"}
+    return {"status": "running", "url": url, "pid": pid}
 
 
 def _serving_home(workspace: Workspace, name: str) -> Path:
@@ -182,7 +207,8 @@ def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: st
     process = subprocess.Popen([str(bentoml_cli), "serve", deployment["bento"], "--host", host, "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{host}:{port}"
-    write_atomic(_state_file(workspace, name), json.dumps({"pid": process.pid, "url": url, "started_at": _now()}))
+    record = {"pid": process.pid, "url": url, "started_at": _now(), **(_identity(process.pid) or {})}
+    write_atomic(_state_file(workspace, name), json.dumps(record))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -202,28 +228,27 @@ def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: st
 
 
 def stop_deployment(workspace: Workspace, name: str) -> bool:
-    """Stop the deployment's server (its whole process group: BentoML starts one process per service)."""
-    get_deployment(workspace, name)
+    """Stop the deployment's server (its whole process group: BentoML starts one process per service). Only a
+    process that is still the server started signalled; a stale record is removed. True when a server stopped."""
+    server = get_deployment(workspace, name)
     path = _state_file(workspace, name)
-    if not path.is_file():
+    if server["status"] != "running":
+        path.unlink(missing_ok=True)
         return False
-    pid = json.loads(path.read_text())["pid"]
-    stopped = False
-    if _alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not _alive(pid):
-                break
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-            except ChildProcessError:
-                pass
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        stopped = True
+    pid = server["pid"]
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(100):
+        if _identity(pid) is None:
+            break
+        try:
+            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
-    return stopped
+    return True
 
 
 def delete_deployment(workspace: Workspace, name: str) -> None:
@@ -242,14 +267,10 @@ def delete_deployment(workspace: Workspace, name: str) -> None:
     shutil.rmtree(workspace.deployments_dir / name, ignore_errors=True)
 
 
-# --- API keys ---
+# --- API keys: each change and the keys.json it leads to are one transaction holding the catalog's write lock ---
 
-def _write_keys(workspace: Workspace, name: str) -> None:
-    """keys.json beside the deployment: hashes only; a running server re-reads it when it changes."""
-    with workspace.catalog() as db:
-        keys = [dict(r) for r in db.execute("SELECT key_id, sha256, revoked_at FROM deploy_keys WHERE deployment = ?",
-                                            (name,))]
-    write_atomic(workspace.deployments_dir / name / "keys.json", json.dumps(keys))
+def _keys_file(workspace: Workspace, name: str) -> Path:
+    return workspace.deployments_dir / name / "keys.json"
 
 
 def create_key(workspace: Workspace, name: str, label: str = "") -> tuple[str, str]:
@@ -257,9 +278,10 @@ def create_key(workspace: Workspace, name: str, label: str = "") -> tuple[str, s
     get_deployment(workspace, name)
     key, key_id = new_key()
     with workspace.catalog() as db:
+        db.execute("BEGIN IMMEDIATE")
         db.execute("INSERT INTO deploy_keys (deployment, key_id, sha256, label, created_at) VALUES (?, ?, ?, ?, ?)",
                    (name, key_id, key_hash(key), label, _now()))
-    _write_keys(workspace, name)
+        write_key_file(db, _keys_file(workspace, name), name)
     return key, key_id
 
 
@@ -273,8 +295,10 @@ def list_keys(workspace: Workspace, name: str) -> list[dict]:
 def revoke_key(workspace: Workspace, name: str, key_id: str) -> None:
     get_deployment(workspace, name)
     with workspace.catalog() as db:
+        db.execute("BEGIN IMMEDIATE")
         done = db.execute("UPDATE deploy_keys SET revoked_at = ? WHERE deployment = ? AND key_id = ? AND revoked_at "
                           "IS NULL", (_now(), name, key_id)).rowcount
-    if not done:
-        raise HeadsmithError(f"deployment '{name}' has no active key '{key_id}' (headsmith deploy keys list {name})")
-    _write_keys(workspace, name)
+        if not done:
+            raise HeadsmithError(f"deployment '{name}' has no active key '{key_id}' (headsmith deploy keys list "
+                                 f"{name})")
+        write_key_file(db, _keys_file(workspace, name), name)
