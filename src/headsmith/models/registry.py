@@ -36,6 +36,7 @@ def register_model(workspace: Workspace, source: Path | str, name: str, force: b
     try:
         shutil.copytree(package, staging / "package")
         with workspace.catalog() as db:
+            db.execute("BEGIN IMMEDIATE")  # registrations take turns: two at once get the next two versions
             version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?",
                                  (name,)).fetchone()[0]
             final = workspace.models_dir / name / f"v{version}"

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -62,12 +63,21 @@ def store_model(workspace: Workspace, ref: str) -> tuple[str, str, int | None]:
     else:
         with open(path / WEIGHTS_FILE, "rb") as f:
             tag = f"headsmith-{_slug(name)}:{hashlib.file_digest(f, 'sha256').hexdigest()[:16]}"
-    try:
-        bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        with bentoml.models.create(tag, labels={"headsmith_model": _slug(name), "version": str(version or "")},
-                                   metadata={"source": str(path)}) as model:
-            shutil.copytree(path, model.path, dirs_exist_ok=True)
+
+    def stored() -> bool:
+        try:
+            bentoml.models.get(tag)
+            return True
+        except bentoml.exceptions.NotFound:
+            return False
+    if not stored():
+        try:
+            with bentoml.models.create(tag, labels={"headsmith_model": _slug(name), "version": str(version or "")},
+                                       metadata={"source": str(path)}) as model:
+                shutil.copytree(path, model.path, dirs_exist_ok=True)
+        except bentoml.exceptions.BentoMLException:
+            if not stored():  # else another deployment of this model stored the same files a moment ago
+                raise
     return tag, name, version
 
 
@@ -104,11 +114,16 @@ def create_deployment(workspace: Workspace, name: str, model_ref: str, **setting
     folder = workspace.deployments_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     model_label = f"{model_name}:{version}" if version is not None else model_name
-    with workspace.catalog() as db:
-        db.execute("INSERT INTO deployments (name, model, bentoml_model, bento, settings, created_at) "
-                   "VALUES (?, ?, ?, ?, ?, ?)", (name, model_label, tag, str(bento.tag), json.dumps(arguments),
-                                                 _now()))
-        write_key_file(db, _keys_file(workspace, name), name)
+    try:
+        with workspace.catalog() as db:
+            db.execute("INSERT INTO deployments (name, model, bentoml_model, bento, settings, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (name, model_label, tag, str(bento.tag), json.dumps(arguments),
+                                                     _now()))
+            write_key_file(db, _keys_file(workspace, name), name)
+    except sqlite3.IntegrityError:  # another process recorded the name while this one built its Bento
+        bentoml.bentos.delete(str(bento.tag))
+        raise HeadsmithError(f"deployment '{name}' was created by another process while this one built its Bento "
+                             "(deleted again); `headsmith deploy list` shows it. Pick another name") from None
     return get_deployment(workspace, name)
 
 
