@@ -5,8 +5,12 @@ and the folder is fsynced so that the rename itself survives a power cut."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import secrets
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,3 +57,50 @@ def publish_folder(staging: Path, final: Path) -> None:
             fsync_path(item)
     os.rename(staging, final)
     fsync_path(final.parent)
+
+
+def _aside(final: Path) -> Path:
+    return final.with_name(f".{final.name}.previous")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 with RENAME_EXCHANGE); False where that is not available."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None) if sys.platform == "linux" else None
+    if renameat2 is None:  # not Linux, or a C library before glibc 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # the filesystem or kernel cannot
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
+def replace_folder(staging: Path, final: Path) -> None:
+    """Put a fully written staging folder in place of `final`, which may exist; at every moment `final` is the old
+    folder or the new one. On Linux the two are swapped in one step and the old one is deleted. Elsewhere the old
+    folder is renamed aside first (`.NAME.previous`): a crash before the new one is renamed in leaves no `final`,
+    and `recover_folder`, which every reader calls, puts the old one back."""
+    recover_folder(final)
+    if not final.exists():
+        return publish_folder(staging, final)
+    for item in [*staging.rglob("*"), staging]:
+        if not item.is_symlink():
+            fsync_path(item)
+    if _exchange(staging, final):
+        fsync_path(final.parent)
+        shutil.rmtree(staging)  # now the old folder
+        return
+    aside = _aside(final)
+    os.rename(final, aside)
+    os.rename(staging, final)
+    fsync_path(final.parent)
+    shutil.rmtree(aside)
+
+
+def recover_folder(final: Path) -> None:
+    """Undo a `replace_folder` that crashed between its two renames: the old folder back at `final`."""
+    aside = _aside(Path(final))
+    if aside.is_dir() and not Path(final).exists():
+        os.rename(aside, final)

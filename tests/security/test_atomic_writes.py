@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,15 +67,12 @@ def package(compose, reviews_snapshot, tmp_path) -> Path:
 
 
 def _generation(folder: Path) -> int:
-    """Which save wrote the package a reader finds: its lineage says, and its weights must load with it."""
-    from safetensors.torch import load_file
+    """Which save wrote the package a reader loads: its model.json says, and its weights must agree."""
+    from headsmith.models.package import load_model
 
-    from headsmith.models.package import read_meta
-
-    meta = read_meta(folder)
-    weights = load_file(folder / "model.safetensors")
-    assert float(weights["heads.head_sentiment.1.bias"][0]) == meta["lineage"]["generation"]
-    return meta["lineage"]["generation"]
+    net = load_model(folder)
+    assert float(net.heads["head_sentiment"][1].bias[0]) == net.meta["lineage"]["generation"]
+    return net.meta["lineage"]["generation"]
 
 
 def _save(net, folder: Path, generation: int) -> None:
@@ -106,6 +104,7 @@ def test_a_package_replaced_again_and_again_always_loads_as_the_old_or_the_new(p
     try:
         for generation in range(1, 31):
             _save(net, package, generation)
+            time.sleep(0.05)
     finally:
         done.set()
         reader.join()

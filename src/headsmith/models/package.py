@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 import tempfile
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from headsmith.errors import HeadsmithError
-from headsmith.files import publish_folder
+from headsmith.files import recover_folder, replace_folder
 from headsmith.models.backbones import BACKBONE_KINDS
 from headsmith.models.heads import build_head, head_problems
 from headsmith.models.net import MultiHeadNet
@@ -40,9 +42,7 @@ def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
             "lineage": lineage,
         }
         (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if folder.exists():
-            shutil.rmtree(folder)
-        publish_folder(staging, folder)
+        replace_folder(staging, folder)  # a package being read while a resumed run rewrites it stays whole
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
@@ -121,6 +121,7 @@ def _inside(folder: Path, name: str) -> Path:
 def read_meta(folder: Path | str) -> dict:
     """model.json, checked: every field loading uses has the right type and range (see `meta_problems`)."""
     folder = Path(folder)
+    recover_folder(folder)  # a replacement that crashed half-way: the old package
     path = _inside(folder, META_FILE)
     if not path.is_file():
         raise HeadsmithError(f"{folder} is not a model package: {META_FILE} is missing")
@@ -137,8 +138,35 @@ def read_meta(folder: Path | str) -> dict:
 
 def load_model(folder: Path | str) -> MultiHeadNet:
     """Rebuild the network a package describes and load its weights; `.predict(inputs)` gives per-head scores.
-    Nothing the package names is imported or called: heads come from the allow-list in heads.py."""
+    Nothing the package names is imported or called: heads come from the allow-list in heads.py. A package
+    replaced while it was being read (a resumed run rewrites its own) is read again, so the network is all old or
+    all new: never one's model.json with the other's weights."""
     folder = Path(folder)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        before = _folder_identity(folder)
+        try:
+            net = _load(folder)
+        except (HeadsmithError, OSError):
+            if _folder_identity(folder) == before:
+                raise
+            continue
+        if _folder_identity(folder) == before:
+            return net
+    raise HeadsmithError(f"{folder}: the package was replaced again and again for a minute while it was read; "
+                         "try again when the run writing it has finished")
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """Changes when replace_folder puts another folder at this path."""
+    try:
+        stat = os.stat(folder)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_ctime_ns
+
+
+def _load(folder: Path) -> MultiHeadNet:
     meta = read_meta(folder)
     spec = meta["backbone"]
     backbone = BACKBONE_KINDS[spec["kind"]].from_files(_inside(folder, BACKBONE_DIR), spec)
