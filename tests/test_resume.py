@@ -31,6 +31,11 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_best_checkpoint(workspace, r
     assert not (run_dir / "metrics.json").exists()
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
 
+    # Resumed, and killed again in the middle of the fifth epoch (steps 24-29): the history of both runs is kept.
+    again = run_cli("train", f"resume={run_dir}", "callbacks.kill.step=27", env={"PYTHONPATH": TESTS})
+    assert again.returncode == -signal.SIGKILL, again.stdout + again.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 3
+
     resumed = run_cli("train", f"resume={run_dir}", "~callbacks.kill", env={"PYTHONPATH": TESTS})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
@@ -42,7 +47,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_best_checkpoint(workspace, r
         assert got["selection"][key] == expected["selection"][key]
     assert Path(got["selection"]["checkpoint"]).name == Path(expected["selection"]["checkpoint"]).name
     assert got["val"] == expected["val"] and got["test"] == expected["test"]
-    # One metrics.csv with the whole history: before the kill, then after the resume, as the straight run logged it.
+    # One metrics.csv with the whole history: before each kill, then after the last resume, as the straight run
+    # logged it.
     history = [pd.read_csv(d / "logs" / "metrics.csv").dropna(subset=["val/f1"]) for d in (straight_dir, run_dir)]
     assert history[1]["epoch"].tolist() == history[0]["epoch"].tolist()
     assert history[1]["val/f1"].tolist() == history[0]["val/f1"].tolist()
