@@ -277,11 +277,17 @@ def dataset_import(
 @user_errors
 def dataset_fetch(name: str, concurrency: Annotated[int, FETCH_OPTIONS["concurrency"]] = 16,
                   timeout: Annotated[float, FETCH_OPTIONS["timeout"]] = 10.0,
-                  retries: Annotated[int, FETCH_OPTIONS["retries"]] = 2):
+                  retries: Annotated[int, FETCH_OPTIONS["retries"]] = 2,
+                  verify: Annotated[bool, typer.Option("--verify", help="re-hash every stored image first and "
+                                                       "fetch again those whose stored copy is damaged")] = False):
     """Fetch the images that failed or are missing (an interrupted import resumes here)."""
-    from headsmith.data.dataset import fetch_media
+    from headsmith.data.dataset import fetch_media, verify_media
     from headsmith.workspace import Workspace
 
+    if verify:
+        checked, damaged = verify_media(Workspace(), name)
+        console.print(f"checked {checked} stored images: {damaged} damaged" + (", fetching them again" if damaged
+                                                                                 else ""), highlight=False)
     _print_media(fetch_media(Workspace(), name, _fetcher(concurrency, timeout, retries)), name)
 
 

@@ -55,7 +55,7 @@ def test_a_damaged_blob_stops_snapshot_create_and_fetch_verify_repairs_it(worksp
     with pytest.raises(SnapshotError) as error:
         _snapshot(workspace)
     message = str(error.value)
-    assert "row 3 (line 4)" in message and "images/3.png" in message and "sha256" in message
+    assert "row 3 (line 4)" in message and "images/2.png" in message and "sha256" in message
     assert "headsmith dataset fetch shapes --verify" in message
     assert not workspace.snapshots_dir.exists() or not any(workspace.snapshots_dir.iterdir())
 
@@ -79,7 +79,7 @@ def test_a_blob_damaged_after_the_snapshot_stops_the_embedding_fill_but_not_a_ca
     with pytest.raises(HeadsmithError) as error:
         EmbeddingCache(workspace).features(load_snapshot(workspace, "shapes"), backbone)
     message = str(error.value)
-    assert "images/5.png" in message and "sha256" in message and "headsmith dataset fetch shapes --verify" in message
+    assert "row 5 (" in message and "images/4.png" in message and "sha256" in message and "headsmith dataset fetch shapes --verify" in message
     assert run_cli("dataset", "fetch", "shapes", "--verify").returncode == 0
     features = EmbeddingCache(workspace).features(snapshot, backbone)
     assert features.shape[0] == 12

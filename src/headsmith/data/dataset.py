@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from rich.progress import track
 
 from headsmith.data.ingest import Column, CsvTable, normalize_labels
 from headsmith.data.media import BlobStore, FetchResult, MediaFetcher, local_ref
@@ -172,6 +173,24 @@ def fetch_media(workspace: Workspace, name: str, fetcher: MediaFetcher | None = 
             fetcher.fetch_many(todo, save, description=f"fetching {len(todo)} images for '{name}'")
             flush()
     return media_counts(workspace, name)
+
+
+def verify_media(workspace: Workspace, name: str) -> tuple[int, int]:
+    """Re-hash every stored image of the dataset; those whose blob is missing or no longer matches its sha256 are
+    marked for fetching again (`fetch_media` then replaces the bad copy). Returns (images checked, damaged)."""
+    dataset = get_dataset(workspace, name)
+    store = BlobStore(workspace.blobs_dir)
+    with workspace.catalog() as db:
+        rows = db.execute("SELECT row, column, sha256 FROM media WHERE dataset_id = ? AND status = 'ok'",
+                          (dataset.id,)).fetchall()
+    shas = sorted({r["sha256"] for r in rows})
+    damaged = {sha for sha in track(shas, description=f"checking {len(shas)} stored images of '{name}'")
+               if not store.intact(sha)}
+    marked = [(_now(), dataset.id, r["row"], r["column"]) for r in rows if r["sha256"] in damaged]
+    with workspace.catalog() as db:
+        db.executemany("UPDATE media SET status = 'pending', detail = 'stored copy damaged: to fetch again', "
+                       "updated_at = ? WHERE dataset_id = ? AND row = ? AND column = ?", marked)
+    return len(rows), len(marked)
 
 
 def media_counts(workspace: Workspace, name: str) -> dict[str, int]:

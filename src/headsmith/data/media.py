@@ -37,13 +37,34 @@ class BlobStore:
 
     def put(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
-        path = self.path(sha)
-        if not path.is_file():
-            write_atomic(path, data)  # whole file or none, on disk before the catalog says ok
+        if not self.intact(sha):  # absent, or damaged since it was stored: this copy replaces it
+            write_atomic(self.path(sha), data)  # whole file or none, on disk before the catalog says ok
         return sha
 
+    def intact(self, sha256: str) -> bool:
+        """The blob is there and its bytes still hash to its name."""
+        try:
+            with open(self.path(sha256), "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest() == sha256
+        except FileNotFoundError:
+            return False
+
     def read(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
+        """The blob's bytes, checked against its name: a damaged or missing blob raises DamagedBlob."""
+        path = self.path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DamagedBlob(sha256, f"{path} is missing") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise DamagedBlob(sha256, f"{path} no longer matches its sha256 (changed or damaged on disk)")
+        return data
+
+
+class DamagedBlob(HeadsmithError):
+    def __init__(self, sha256: str, detail: str):
+        super().__init__(detail)
+        self.sha256 = sha256
 
 
 def local_ref(ref: str, folder: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
+from rich.progress import track
 
 from headsmith.data.dataset import check_name, file_sha256, get_dataset, rows_frame
-from headsmith.data.media import BlobStore
-from headsmith.errors import SnapshotError
+from headsmith.data.media import BlobStore, DamagedBlob
+from headsmith.errors import HeadsmithError, SnapshotError
 from headsmith.files import publish_folder
 from headsmith.workspace import Workspace
 
@@ -78,10 +80,19 @@ class Snapshot:
         return pd.read_parquet(self.path / DATA_FILE)
 
     def load_inputs(self, values: list[str]) -> list:
-        """What a backbone's preprocess takes: texts as they are; images decoded (RGB) from the blob store."""
+        """What a backbone's preprocess takes: texts as they are; images decoded (RGB) from the blob store, each
+        checked against its sha256 first (hashing costs little beside decoding)."""
         if self.manifest.type != "image-classification":
             return list(values)
-        return [Image.open(self.blobs.path(sha)).convert("RGB") for sha in values]
+        try:
+            return [Image.open(io.BytesIO(self.blobs.read(sha))).convert("RGB") for sha in values]
+        except DamagedBlob as e:
+            frame = self.frame()
+            row = frame[frame["input"] == e.sha256].iloc[0]
+            dataset = self.manifest.source.get("dataset", "DATASET")
+            raise HeadsmithError(f"snapshot '{self.manifest.name}', row {row['row']} ({row['source']}): the stored "
+                                 f"image {e}. `headsmith dataset fetch {dataset} --verify` fetches damaged images "
+                                 "again; then run this again") from None
 
 
 def _token_counter(backbone: str):
@@ -104,6 +115,22 @@ def conflicting_duplicates(rows: pd.DataFrame, heads: list[str]) -> list[dict]:
             conflicts.append({"head": head, "rows": same["row"].astype(int).tolist(),
                               "labels": sorted(same[head].unique().tolist())})
     return conflicts
+
+
+def _refuse_damaged_blobs(store: BlobStore, rows: pd.DataFrame, column: str, dataset: str) -> None:
+    """Every image the snapshot will name is re-hashed: one whose stored copy is missing or changed stops it."""
+    shas = rows[f"{column}:sha256"]
+    damaged = {sha for sha in track(shas.unique(), description=f"checking {shas.nunique()} stored images",
+                                    transient=True, disable=len(shas) < 1000) if not store.intact(sha)}
+    if damaged:
+        hit = rows[shas.isin(damaged)]
+        listing = "\n".join(f"  row {r['row']} (line {r['line']}): {r[column]}: {store.path(r[f'{column}:sha256'])}"
+                            for _, r in hit.head(10).iterrows())
+        more = f"\n  ... and {len(hit) - 10} more" if len(hit) > 10 else ""
+        raise SnapshotError(f"dataset '{dataset}': the stored copy of {len(hit)} image(s) is missing or no longer "
+                            f"matches its sha256 (a disk error, or a file changed by hand):\n{listing}{more}\n"
+                            f"`headsmith dataset fetch {dataset} --verify` fetches them again; then create the "
+                            "snapshot again")
 
 
 def create_snapshot(
@@ -148,6 +175,7 @@ def create_snapshot(
         rows["source"] = frame[input_column]
         bad = frame[f"{input_column}:status"] != "ok"
         reasons[bad] = frame[f"{input_column}:status"][bad] + ": " + frame[f"{input_column}:detail"][bad]
+        _refuse_damaged_blobs(BlobStore(workspace.blobs_dir), frame[~bad], input_column, dataset)
     else:
         rows["input"] = frame[input_column].fillna("")
         reasons[rows["input"].str.strip() == ""] = f"empty {input_column}"
