@@ -152,3 +152,72 @@ def test_timm_weights_that_do_not_fit_are_named(tmp_path):
         image_backbone("timm:test_efficientnet", weights=str(weights))
     with pytest.raises(HeadsmithError, match="timm:no_such_net"):
         image_backbone("timm:no_such_net")
+
+
+def _photo(orientation: int | None) -> bytes:
+    """A PNG as a phone writes it: the sensor's pixels (40x24) and an EXIF orientation saying how to show them.
+    None: the pixels already turned the way orientation 6 says (90 degrees clockwise), no EXIF."""
+    import io
+
+    import numpy as np
+
+    pixels = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    if orientation is None:
+        pixels.transpose(Image.Transpose.ROTATE_270).save(buffer, "PNG")
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        pixels.save(buffer, "PNG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def _as_stored(data: bytes) -> Image.Image:
+    import io
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def test_exif_orientation_is_applied_on_every_path_and_old_packages_score_as_before(workspace, tmp_path):
+    """A photo taken sideways (orientation 6) is seen upright: by the backbone's preprocessing, so by training,
+    eval, predict, the playground and serving alike, which all go through it. A package written before carries no
+    preprocessing version and keeps scoring the stored pixels, as it did; the embedding cache tells the two apart."""
+    from conftest import small_image_model
+    from headsmith.models.backbones import ImageBackbone
+    from headsmith.predictor import Predictor
+    from headsmith.training.embedding_cache import backbone_id
+
+    sideways, upright = _photo(6), _photo(None)
+    unturned = _photo(1)  # the same sensor pixels, shown as stored
+    package = small_image_model(tmp_path / "new")
+    new = Predictor(package)
+    assert json.loads((package / "model.json").read_text())["backbone"]["preprocessing"] == 2
+    assert new.scores([sideways])["cat"].tolist() == new.scores([upright])["cat"].tolist()
+    assert new.scores([sideways])["cat"].tolist() != new.scores([unturned])["cat"].tolist()
+    assert new.predict([sideways]) == new.predict([upright])
+    path = tmp_path / "sideways.png"
+    path.write_bytes(sideways)
+    assert new.scores([str(path)])["cat"].tolist() == new.scores([upright])["cat"].tolist()  # a file, as predict
+    batch = new.net.backbone.preprocess([_as_stored(sideways)])["pixels"]  # as a snapshot's images reach training
+    assert torch.equal(batch, new.net.backbone.preprocess([_as_stored(upright)])["pixels"])
+
+    meta = json.loads((package / "model.json").read_text())
+    del meta["backbone"]["preprocessing"]  # as headsmith wrote packages before
+    (package / "model.json").write_text(json.dumps(meta))
+    old = Predictor(package)
+    assert old.scores([sideways])["cat"].tolist() == old.scores([unturned])["cat"].tolist()
+    assert backbone_id(old.net.backbone) != backbone_id(new.net.backbone)
+    assert isinstance(old.net.backbone, ImageBackbone) and old.net.backbone.spec()["preprocessing"] == 1
+
+    meta["backbone"]["preprocessing"] = 7
+    (package / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(HeadsmithError, match="backbone.preprocessing=7"):
+        load_model(package)
+
+
+def test_imported_photos_report_the_size_they_are_shown_at(workspace, tmp_path):
+    (tmp_path / "sideways.png").write_bytes(_photo(6))
+    pd.DataFrame({"path": ["sideways.png"], "label": ["a"]}).to_csv(tmp_path / "photos.csv", index=False)
+    import_csv(workspace, tmp_path / "photos.csv", "photos", label="label")
+    with workspace.catalog() as db:
+        assert db.execute("SELECT detail FROM media").fetchone()["detail"] == "PNG 24x40"
