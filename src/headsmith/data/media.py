@@ -128,7 +128,8 @@ class MediaFetcher:
             image = open_image(data, self.max_pixels)
         except ImageRejected as e:
             return FetchResult(e.status, e.detail)
-        return FetchResult("ok", f"{image.format} {image.width}x{image.height}", self.store.put(data))
+        width, height = shown_size(image)
+        return FetchResult("ok", f"{image.format} {width}x{height}", self.store.put(data))
 
     def fetch_many(self, refs: Iterable[tuple[object, str]], on_result: Callable[[object, FetchResult], None],
                    description: str = "fetching images") -> None:
@@ -253,6 +254,15 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageRejected("corrupt", f"truncated or corrupt image: {e}") from None
     return image
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height as the image is shown: EXIF orientations 5 to 8 turn it a quarter."""
+    try:
+        turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # noqa: BLE001 - EXIF Pillow cannot parse: shown as stored (see backbones.upright)
+        turned = False
+    return (image.height, image.width) if turned else (image.width, image.height)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -95,9 +95,9 @@ CURVE_POINTS = 1500  # per class, plenty for a screen; eval.json keeps every poi
 
 def _thumbnail(path: Path) -> str:
     """A small JPEG of an image, inlined as a data URI."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    image = Image.open(path).convert("RGB")
+    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")  # as people see it
     image.thumbnail((96, 96))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)

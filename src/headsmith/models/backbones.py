@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import torch
+from PIL import ImageOps
 from torch import nn
 
 from headsmith.errors import HeadsmithError
@@ -256,6 +257,20 @@ def _image_network(pretrained: str, weights: str | None, load_weights: bool) -> 
                          "or hf:FOLDER (a transformers vision model)")
 
 
+# How images become pixels, versioned: a package records the version it was trained with and keeps it, so a model
+# scores the same pixels for as long as it lives. 1: the pixels as stored; 2: turned upright by their EXIF
+# orientation first (a phone photo taken sideways is seen as people see it).
+IMAGE_PREPROCESSING = 2
+
+
+def upright(image):
+    """The image turned as its EXIF orientation says; as stored when it has none, or EXIF Pillow cannot parse."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF in an uploaded image is the sender's, never a server error
+        return image
+
+
 class ImageBackbone(nn.Module):
     """An image network without its classifier: PIL images -> one embedding per image. `augment` (torchvision
     transforms, built from config) applies to training batches only."""
@@ -263,11 +278,13 @@ class ImageBackbone(nn.Module):
     kind = "image"
 
     def __init__(self, network: nn.Module, *, pretrained: str, image_size: int = 224, resize: int = 256,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, augment: list | None = None):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, augment: list | None = None,
+                 preprocessing: int = IMAGE_PREPROCESSING):
         super().__init__()
         from torchvision import transforms
 
         self.network = network
+        self.preprocessing = preprocessing
         self.pretrained, self.image_size, self.resize = pretrained, image_size, resize
         self.mean, self.std = tuple(mean), tuple(std)
         self.augment = list(augment or [])
@@ -282,6 +299,8 @@ class ImageBackbone(nn.Module):
 
     def preprocess(self, images: list, train: bool = False) -> dict[str, torch.Tensor]:
         transform = self.train_transform if train and self.augment else self.eval_transform
+        if self.preprocessing >= 2:
+            images = [upright(image) for image in images]
         return {"pixels": torch.stack([transform(image.convert("RGB")) for image in images])}
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -298,7 +317,8 @@ class ImageBackbone(nn.Module):
 
     def spec(self) -> dict:
         return {"kind": self.kind, "pretrained": self.pretrained, "image_size": self.image_size,
-                "resize": self.resize, "mean": list(self.mean), "std": list(self.std), "out_dim": self.out_dim}
+                "resize": self.resize, "mean": list(self.mean), "std": list(self.std), "out_dim": self.out_dim,
+                "preprocessing": self.preprocessing}
 
     def save_files(self, folder: Path) -> None:
         """The architecture of a transformers encoder (its config); the others are named by the spec alone."""
@@ -317,7 +337,8 @@ class ImageBackbone(nn.Module):
             problems.append(f"backbone.pretrained={pretrained!r}: not an architecture headsmith builds (one of "
                             f"{', '.join(BUNDLED_IMAGE)}, torchvision:ARCH, timm:ARCH, hf:NAME)")
         return [*problems, *_check(spec, "image_size", int, 1, 8192), *_check(spec, "resize", int, 1, 8192),
-                *_check(spec, "mean", float, -1e3, 1e3, length=3), *_check(spec, "std", float, 1e-6, 1e3, length=3)]
+                *_check(spec, "mean", float, -1e3, 1e3, length=3), *_check(spec, "std", float, 1e-6, 1e3, length=3),
+                *(_check(spec, "preprocessing", int, 1, IMAGE_PREPROCESSING) if "preprocessing" in spec else [])]
 
     @classmethod
     def from_files(cls, folder: Path, spec: dict) -> "ImageBackbone":
@@ -326,8 +347,9 @@ class ImageBackbone(nn.Module):
                        else _image_network(spec["pretrained"], None, load_weights=False))
         except (ValueError, KeyError, TypeError) as e:  # torchvision's unknown name; a config that does not parse
             raise HeadsmithError(f"{folder}: backbone.pretrained={spec['pretrained']}: cannot be built: {e}") from None
-        return cls(network, pretrained=spec["pretrained"],
-                   image_size=spec["image_size"], resize=spec["resize"], mean=spec["mean"], std=spec["std"])
+        return cls(network, pretrained=spec["pretrained"], image_size=spec["image_size"], resize=spec["resize"],
+                   mean=spec["mean"], std=spec["std"],
+                   preprocessing=spec.get("preprocessing", 1))  # packages written before versions: as stored
 
 
 def image_backbone(pretrained: str = "efficientnet-lite0", weights: str | None = None, image_size: int = 224,
