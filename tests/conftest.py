@@ -16,6 +16,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 
+from hypothesis import settings  # noqa: E402
+
 from headsmith.config import compose_train_config  # noqa: E402
 from headsmith.data.dataset import fetch_media, import_dataset  # noqa: E402
 from headsmith.data.examples import rotten_tomatoes  # noqa: E402
@@ -24,6 +26,11 @@ from headsmith.data.snapshot import create_snapshot  # noqa: E402
 from headsmith.workspace import Workspace  # noqa: E402
 
 HEADSMITH = str(Path(sys.executable).with_name("headsmith"))
+
+# Property-based tests: 200 examples per property everywhere (CI included); no deadline, since a 2-core machine
+# running other tests' servers times examples unevenly. No health check is suppressed.
+settings.register_profile("headsmith", max_examples=200, deadline=None)
+settings.load_profile("headsmith")
 
 
 @pytest.fixture(autouse=True)
