@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import sys
 from collections import Counter
@@ -66,15 +67,31 @@ def _decode(path: Path, raw: bytes, encoding: str | None) -> str:
     return text.removeprefix("\ufeff")  # a byte-order mark is not part of the first column's name
 
 
-def _delimiter(text: str) -> str:
-    """Comma, unless the header line has none and another common delimiter splits it (csv.Sniffer guesses wrong
-    on real text columns too often to be trusted with the whole file)."""
-    header = text.split("\n", 1)[0]
-    if "," in header:
-        return ","
-    counts = {d: header.count(d) for d in (";", "\t", "|")}
-    best = max(counts, key=counts.get)
-    return best if counts[best] else ","
+DELIMITERS = (",", ";", "\t", "|")  # in order of preference when two split a file equally well
+
+
+def _delimiter(text: str, sample: int = 200) -> str:
+    """The delimiter of a CSV, read from its first records with quotes and quoted line breaks honoured: the one
+    that splits them into the most fields, the same number in each; else the one that splits the header (the rows
+    that do not fit are then named); else, one column, any that leaves every record whole. csv.Sniffer guesses
+    wrong on real text columns too often to be trusted."""
+    records = {}
+    for delimiter in DELIMITERS:
+        try:
+            records[delimiter] = [r for r in itertools.islice(csv.reader(io.StringIO(text, newline=""),
+                                                                         delimiter=delimiter), sample)
+                                  if any(cell.strip() for cell in r)]
+        except csv.Error:
+            continue
+    consistent = [d for d, rows in records.items() if rows and len({len(r) for r in rows}) == 1]
+    best = max(consistent, key=lambda d: len(records[d][0]), default=None)  # on a tie, the first in DELIMITERS
+    if best and len(records[best][0]) > 1:
+        return best
+    named = [d for d, rows in records.items()  # a header it splits into two or more names, each given once
+             if rows and len(rows[0]) > 1 and all(n.strip() for n in rows[0]) and len(set(rows[0])) == len(rows[0])]
+    if named:
+        return max(named, key=lambda d: len(records[d][0]))
+    return best or ","
 
 
 def read_table(path: Path | str, encoding: str | None = None, max_cell_chars: int = MAX_CELL_CHARS) -> CsvTable:
