@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, strategies as st
 
 from headsmith.config import compose_train_config
 from headsmith.training.train import train
@@ -262,6 +263,56 @@ def test_revoked_keys_stop_working_at_once_and_health_and_docs_are_open(text_dep
     assert {"/v1/classify/text", "/v1/classify/image", "/v1/classify/image/upload", "/v1/model"} <= set(paths)
 
 
+# --- properties (Hypothesis, 200 examples each): whatever a client sends, an answer in the one shape, never a 5xx ---
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+FIELDS = ["texts", "images", "files", "heads", "urls"]
+BODIES = st.one_of(
+    JSON,
+    st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=3),  # the right names, any values
+    st.fixed_dictionaries({"texts": st.lists(st.text(max_size=60), max_size=6)},
+                          optional={"heads": st.lists(st.sampled_from(["sentiment", "Sentiment", "", "kind"]) |
+                                                      st.text(max_size=8), max_size=3)}))
+ENDPOINTS = ["/v1/classify/text", "/v1/classify/image", "/v1/classify/image/upload", "/v1/model"]
+
+
+def _answered(status: int, body) -> None:
+    assert status < 500, (status, body)
+    if status != 200:
+        error_of(body)
+
+
+def test_any_json_to_any_endpoint_is_answered_in_one_shape_never_a_5xx(text_deployments):
+    _, (url, key), _ = text_deployments
+
+    @given(st.sampled_from(ENDPOINTS), BODIES)
+    def check(endpoint, body):
+        status, answer = post(url + endpoint, json.dumps(body, allow_nan=True).encode(), key)
+        _answered(status, answer)
+        if status == 200 and endpoint == "/v1/classify/text":
+            assert len(answer["results"]) == len(body["texts"])
+    check()
+
+
+def test_any_bytes_of_any_content_type_are_answered_in_one_shape_never_a_5xx(text_deployments):
+    _, (url, key), _ = text_deployments
+    types = st.sampled_from(["application/json", "application/json; charset=latin-1", "text/plain", "",
+                             "multipart/form-data; boundary=x", "multipart/form-data", "application/octet-stream",
+                             "application/x-www-form-urlencoded"]) | st.text(max_size=30).filter(str.isprintable)
+
+    @given(st.sampled_from(ENDPOINTS), st.binary(max_size=300) | JSON.map(lambda v: json.dumps(v).encode()[:-1]),
+           types)
+    def check(endpoint, data, content_type):
+        try:
+            status, answer = post(url + endpoint, data, key, content_type=content_type)
+        except UnicodeEncodeError:  # urllib itself refuses header values outside latin-1: nothing was sent
+            return
+        _answered(status, answer)
+    check()
+
+
 @pytest.fixture(scope="module")
 def image_deployment(tmp_path_factory):
     """An image model (timm test network, random head: what is served, not how well) behind --allow-urls."""
@@ -326,3 +377,42 @@ def test_the_bento_carries_exactly_the_picked_model_version(text_deployments):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env={**os.environ, "BENTOML_HOME": str(deployed.home / "bentoml")})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["headsmith-reviews-model:v2"], out.stderr
+
+
+def _png(width: int, height: int, exif: bytes | int | None) -> bytes:
+    """A small PNG with an EXIF block: a real orientation (an int, valid or not), arbitrary bytes, or none."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if isinstance(exif, int):
+        tags = Image.Exif()
+        tags[0x0112] = exif
+        exif = tags.tobytes()
+    Image.new("RGB", (width, height), (width * 3 % 256, 90, height * 5 % 256)).save(
+        buffer, "PNG", **({"exif": exif} if exif is not None else {}))
+    return buffer.getvalue()
+
+
+def test_any_image_bytes_sent_or_uploaded_are_answered_in_one_shape_never_a_5xx(image_deployment):
+    _, (url, key) = image_deployment
+    pngs = st.builds(_png, st.integers(1, 80), st.integers(1, 80),
+                     st.none() | st.integers(0, 12) | st.binary(max_size=80))
+    boundary = b"hsproperty"
+
+    @given(st.lists(st.binary(max_size=300) | pngs, min_size=1, max_size=3), st.booleans())
+    def check(images, upload):
+        if upload:
+            body = b"".join(b"--%s\r\nContent-Disposition: form-data; name=\"files\"; filename=\"%d.png\"\r\n"
+                            b"Content-Type: image/png\r\n\r\n%s\r\n" % (boundary, i, data)
+                            for i, data in enumerate(images)) + b"--%s--\r\n" % boundary
+            status, answer = post(f"{url}/v1/classify/image/upload", body, key,
+                                  content_type=f"multipart/form-data; boundary={boundary.decode()}")
+        else:
+            status, answer = post(f"{url}/v1/classify/image",
+                                  {"images": [base64.b64encode(data).decode() for data in images]}, key)
+        _answered(status, answer)
+        if status == 200:
+            assert len(answer["results"]) == len(images)
+    check()
