@@ -416,3 +416,16 @@ def test_any_image_bytes_sent_or_uploaded_are_answered_in_one_shape_never_a_5xx(
         if status == 200:
             assert len(answer["results"]) == len(images)
     check()
+
+
+def test_an_upload_whose_files_field_holds_text_or_a_url_is_refused_not_fetched(image_deployment, image_server):
+    """BentoML downloads a URL given as text in a file field of a form: past --allow-urls, the public-address
+    check and the image cap. A deployment refuses it before BentoML sees it."""
+    _, (url, key) = image_deployment
+    before = image_server.hits["/photo/chelsea.png"]
+    for value in (f"{image_server.url}/photo/chelsea.png", "http://93.184.216.34/cat.png", "not a file"):
+        body = b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\n%s\r\n--b--\r\n' % value.encode()
+        status, answer = post(f"{url}/v1/classify/image/upload", body, key,
+                              content_type="multipart/form-data; boundary=b")
+        assert status == 400 and "`files` holds text" in error_of(answer) and "not fetched" in error_of(answer)
+    assert image_server.hits["/photo/chelsea.png"] == before
