@@ -112,9 +112,14 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        largest = _largest_image(body, headers.get(b"content-type", b"").decode("latin-1"))
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        largest = _largest_image(body, content_type)
         if largest > self.max_image:
             return await self._too_large(send, "an image", largest, self.max_image)
+        if content_type.lower().lstrip().startswith(FORMS):
+            problem = await _form_problem(scope, body)
+            if problem:
+                return await send_error(send, 400, problem)
         sent = False
 
         async def replay():
@@ -130,6 +135,32 @@ class RequestLimits:
     async def _too_large(send, what: str, size: int, limit: int, at_least: bool = False) -> None:
         await send_error(send, 413, f"{what} is {'over ' if at_least else ''}{_mib(size)}: the limit is "
                                     f"{_mib(limit)} ({limit:,} bytes); send less per request")
+
+
+FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")  # bodies BentoML reads as a form
+FILE_FIELDS = ("files",)  # the service's fields that take uploaded files
+
+
+async def _form_problem(scope, body: bytes) -> str | None:
+    """What BentoML must not be handed in a form: one it cannot parse (its parser's error would be a 500), or text
+    in a file field, which it would take for a URL and download, past every check of the service."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+    try:
+        form = await Request(scope, receive).form()
+    except HTTPException as e:
+        return f"the form body cannot be parsed ({e.detail}): send multipart/form-data with its boundary"
+    try:
+        for name, value in form.multi_items():
+            if name in FILE_FIELDS and isinstance(value, str):
+                return (f"`{name}` holds text, not an uploaded file: upload image files (parts with a filename); "
+                        "URLs are not fetched here (send them as `urls` to /v1/classify/image)")
+    finally:
+        await form.close()
+    return None
 
 
 def _mib(size: int) -> str:

@@ -75,7 +75,10 @@ class Scorer:
 
 # Handlers are async: while one waits for the scorer, the event loop takes in the next requests, which the scorer
 # batches together. Blocking work (image checks, URL fetches) runs in a worker thread.
-@bentoml.service(name="headsmith", workers=1)
+# The access log leaves out the request's Content-Type and Content-Length: BentoML decodes them as UTF-8 while it
+# answers, and a client's byte that is not would break the answer off.
+@bentoml.service(name="headsmith", workers=1,
+                 logging={"access": {"request_content_type": False, "request_content_length": False}})
 class Moderation:
     """Classify texts or images: per head, per class scores beside the model's threshold decisions."""
 
