@@ -50,11 +50,16 @@ def write_atomic(path: Path | str, data: str | bytes) -> Path:
     return Path(path)
 
 
-def publish_folder(staging: Path, final: Path) -> None:
-    """Rename a fully written staging folder into place, its files and entries on disk first."""
-    for item in [*staging.rglob("*"), staging]:
+def _sync_tree(folder: Path) -> None:
+    """A folder's files and entries on disk, itself last."""
+    for item in [*folder.rglob("*"), folder]:
         if not item.is_symlink():
             fsync_path(item)
+
+
+def publish_folder(staging: Path, final: Path) -> None:
+    """Rename a fully written staging folder into place, its files and entries on disk first."""
+    _sync_tree(staging)
     os.rename(staging, final)
     fsync_path(final.parent)
 
@@ -85,9 +90,7 @@ def replace_folder(staging: Path, final: Path) -> None:
     recover_folder(final)
     if not final.exists():
         return publish_folder(staging, final)
-    for item in [*staging.rglob("*"), staging]:
-        if not item.is_symlink():
-            fsync_path(item)
+    _sync_tree(staging)
     if _exchange(staging, final):
         fsync_path(final.parent)
         shutil.rmtree(staging)  # now the old folder

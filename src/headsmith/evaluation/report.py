@@ -95,9 +95,11 @@ CURVE_POINTS = 1500  # per class, plenty for a screen; eval.json keeps every poi
 
 def _thumbnail(path: Path) -> str:
     """A small JPEG of an image, inlined as a data URI."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")  # as people see it
+    from headsmith.models.backbones import upright
+
+    image = upright(Image.open(path)).convert("RGB")  # as people see it
     image.thumbnail((96, 96))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=80)
