@@ -83,11 +83,12 @@ def test_a_key_created_while_another_is_revoked_never_brings_the_revoked_one_bac
             revoker.join(timeout=3)  # serialized writers: the revoke waits for this one, so give up after a while
         real_write(path, data)
     monkeypatch.setattr(auth, "write_atomic", slow_write)
-    second, _ = create_key(workspace, deployment)
+    second, second_id = create_key(workspace, deployment)
     revoker.join()
     ring = _file_keys(workspace, deployment)
     assert ring.accepts(second) and not ring.accepts(first)
-    assert [k["revoked_at"] is not None for k in list_keys(workspace, deployment)] == [True, False]
+    assert {k["key_id"]: k["revoked_at"] is not None for k in list_keys(workspace, deployment)} == \
+        {first_id: True, second_id: False}
 
 
 def _record_server(workspace, name, pid) -> None:

@@ -116,15 +116,21 @@ def fit_linear(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, sample_
         grad_w = (xt @ g.T.astype(xt.dtype)).T.astype(np.float64) + alpha * diff
         return value + 0.5 * alpha * float((diff * diff).sum()), np.concatenate([grad_w.ravel(), g.sum(1)])
 
-    result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
-                                     options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
-                                              "ftol": 64 * np.finfo(float).eps})
-    gradient = float(np.abs(result.jac).max())
+    iterations = 0
+    for _ in range(4):  # L-BFGS also stops when the objective stops falling (ftol) with the gradient just above
+        # `tol`; going on from that point with fresh curvature memory finishes the job in a few iterations
+        result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
+                                         options={"maxiter": max_iter - iterations, "maxls": 50, "gtol": tol,
+                                                  "ftol": 64 * np.finfo(float).eps})
+        theta, iterations = result.x, iterations + int(result.nit)
+        gradient = float(np.abs(result.jac).max())
+        if gradient <= tol or iterations >= max_iter or result.nit == 0:
+            break
     w, b = result.x[:k * d].reshape(k, d), result.x[k * d:]
     if binary:
         w, b = np.concatenate([-w / 2, w / 2]), np.array([-b[0] / 2, b[0] / 2])
     state = {"1.weight": torch.tensor(w, dtype=torch.float32), "1.bias": torch.tensor(b, dtype=torch.float32)}
-    return w, b, Fit(state, int(result.nit), gradient, gradient <= tol or bool(result.success))
+    return w, b, Fit(state, iterations, gradient, gradient <= tol or bool(result.success))
 
 
 def linear_probabilities(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
