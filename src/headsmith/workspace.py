@@ -79,9 +79,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 """
 
 
-
-
-def _random_key_ids(db: sqlite3.Connection, root: Path) -> None:
+def _random_key_ids(db: sqlite3.Connection, workspace: "Workspace") -> None:
     """Version 1. Key ids were the first 8 random characters of the key itself, shown in lists and logs and
     written to keys.json: each key gets a random id; the keys (their hashes) are unchanged and keep working."""
     from headsmith.serving.auth import new_key_id, write_key_file  # only when migrating: serving is a layer above
@@ -91,8 +89,9 @@ def _random_key_ids(db: sqlite3.Connection, root: Path) -> None:
         db.execute("UPDATE deploy_keys SET key_id = ? WHERE deployment = ? AND key_id = ?",
                    (new_key_id(), row["deployment"], row["key_id"]))
     for deployment in sorted({row["deployment"] for row in rows}):
-        if (root / "deployments" / deployment).is_dir():
-            write_key_file(db, root / "deployments" / deployment / "keys.json", deployment)
+        folder = workspace.deployments_dir / deployment
+        if folder.is_dir():
+            write_key_file(db, folder / "keys.json", deployment)
 
 
 # The catalog's version is SQLite's user_version; a catalog made by earlier code (version 0) is upgraded in place
@@ -101,13 +100,13 @@ MIGRATIONS = [(1, _random_key_ids)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def _migrate(db: sqlite3.Connection, root: Path) -> None:
+def _migrate(db: sqlite3.Connection, workspace: "Workspace") -> None:
     db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find it done
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for target, step in MIGRATIONS:
             if version < target:
-                step(db, root)
+                step(db, workspace)
         if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.commit()
@@ -164,7 +163,7 @@ class Workspace:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(SCHEMA)
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                _migrate(conn, self.root)
+                _migrate(conn, self)
             with conn:
                 yield conn
         finally:
