@@ -22,7 +22,8 @@ def stratified_split(frame: pd.DataFrame, heads: list[str], fractions: dict[str,
     """Split rows so every combination of labels (unlabelled counts as its own value) keeps its share in each
     part. `fractions` gives the share of each held-out part; the rest is `train`."""
     rng = np.random.default_rng(seed)
-    strata = frame[heads].fillna("-").astype(str).agg("|".join, axis=1) if heads else pd.Series("", index=frame.index)
+    labels = [frame[head].fillna("-").astype(str) for head in heads]
+    strata = labels[0].str.cat(labels[1:], sep="|") if heads else pd.Series("", index=frame.index)
     parts = {name: [] for name in ["train", *fractions]}
     for _, index in sorted(frame.groupby(strata).groups.items()):
         index = rng.permutation(np.asarray(index))

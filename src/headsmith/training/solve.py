@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +85,8 @@ def fit_linear(x: np.ndarray, y: np.ndarray, num_classes: int, C: float, sample_
     regression on w = W[1] - W[0] (what scikit-learn fits), returned as the softmax weights [-w/2, w/2] that give the
     same probabilities. `x` may be float32: reading it is the cost, so that halves it; sums are float64. Returns
     the softmax weights (k x d), biases (k) and the fit."""
-    xt = np.ascontiguousarray(np.asarray(x).T)  # d x n: both products below read it in memory order
+    xt = np.ascontiguousarray(np.asarray(x).T)  # d x n: both products below read it in memory order (no copy
+    # when `x` is Fortran-ordered, as a search passes it: one copy per split, not one per fit)
     d, n = xt.shape
     binary = num_classes == 2
     s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
@@ -256,7 +259,7 @@ class HeadSolver:
             warm["linear"] = (w, b)
             return fit, lambda rows: linear_probabilities(rows, w, b)
         mlp = self.settings.mlp
-        fit = fit_mlp(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y), k, values["hidden"],
+        fit = fit_mlp(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(y), k, values["hidden"],
                       values["dropout"], values["weight_decay"],
                       None if weights is None else torch.tensor(weights, dtype=torch.float32),
                       prior=self.prior, init=self.prior, seed=self.seed, lr=mlp.lr, batch_size=mlp.batch_size,
@@ -264,19 +267,42 @@ class HeadSolver:
         return fit, lambda rows: mlp_probabilities(torch.as_tensor(rows, dtype=torch.float32), fit.state, k,
                                                    values["hidden"])
 
+    def _path(self, space: list[Setting], x: np.ndarray, y: np.ndarray, fit_rows: np.ndarray,
+              held: np.ndarray) -> list[tuple[Fit, np.ndarray]]:
+        """Every setting of `space` fit on one split, in order (each linear fit starts from the previous one):
+        the fits and their probabilities of the split's held-out rows."""
+        if not space:
+            return []
+        x_fit, y_fit, x_held, warm = np.asfortranarray(x[fit_rows]), y[fit_rows], x[held], {}
+        path = []
+        for setting in space:
+            fit, predict = self._fit(setting, x_fit, y_fit, warm)
+            path.append((fit, predict(x_held)))
+        return path
+
+    def _paths(self, space: list[Setting], x: np.ndarray, y: np.ndarray,
+               splits: list[tuple[np.ndarray, np.ndarray]]) -> list[list[tuple[Fit, np.ndarray]]]:
+        """`_path` of every split. The linear paths run side by side, one per core (numpy and scipy let go of the
+        GIL in the products that cost); the MLP paths one after another, as they share torch's global RNG (their
+        seeds and dropout) and its threads already."""
+        linear, mlp = [s for s in space if s.kind == "linear"], [s for s in space if s.kind == "mlp"]
+        workers = min(len(splits), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool:
+            linear_paths = list(pool.map(lambda split: iter(self._path(linear, x, y, *split)), splits))
+        mlp_paths = [iter(self._path(mlp, x, y, *split)) for split in splits]
+        return [[next(linear_path if s.kind == "linear" else mlp_path) for s in space]  # back in `space`'s order
+                for linear_path, mlp_path in zip(linear_paths, mlp_paths)]
+
     def solve(self, x: np.ndarray, y: np.ndarray, space: list[Setting], splits: list[tuple[np.ndarray, np.ndarray]],
               refit: bool) -> HeadSolution:
         """`splits`: (fit rows, held-out rows) pairs over (x, y); `refit`: fit the chosen setting on every row
         afterwards (k-fold), else the single split's fit is the final one (validation split)."""
         held_out_index = np.concatenate([held for _, held in splits])
-        warm = [{} for _ in splits]
+        paths = self._paths(space, x, y, splits)
         results = []
-        for setting in space:
-            probabilities, fits = [], []
-            for split, (fit_rows, held) in enumerate(splits):
-                fit, predict = self._fit(setting, x[fit_rows], y[fit_rows], warm[split])
-                probabilities.append(predict(x[held]))
-                fits.append(fit)
+        for at, setting in enumerate(space):
+            fits, probabilities = zip(*(path[at] for path in paths))
             held_out = np.concatenate(probabilities)
             score = rule_score(held_out, y[held_out_index], self.classes, self.metric, self.class_label)
             fold_scores = [rule_score(p, y[held], self.classes, self.metric, self.class_label)
@@ -292,7 +318,7 @@ class HeadSolver:
         setting, score, held_out, fits, _ = results[best]
         results[best][-1]["chosen"] = True
         # Searching reads float32 embeddings (twice as fast); the final fit float64, to converge to `tol` exactly.
-        final = self._fit(setting, x.astype(np.float64), y, {})[0] if refit else fits[0]
+        final = self._fit(setting, np.asfortranarray(x, dtype=np.float64), y, {})[0] if refit else fits[0]
         return HeadSolution(setting, float(score), final, held_out, held_out_index, [r[-1] for r in results])
 
 
