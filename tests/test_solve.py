@@ -48,6 +48,17 @@ def test_linear_solve_converges_and_equals_scikit_learn(classes, C, balanced):
     assert np.abs(linear_probabilities(held, w, b) - reference.predict_proba(held)).max() < 1e-3
 
 
+def test_ill_conditioned_features_converge_quickly_to_scikit_learns_solution():
+    # Columns scaled over four orders of magnitude, as a few dominant directions of an embedding make them: the
+    # solver's rounded coordinates reach the same optimum in few iterations (34; L-BFGS as posed needs ~500).
+    x, y = digits([3, 8])
+    x = x * np.logspace(-2, 2, x.shape[1])
+    w, b, fit = fit_linear(x, y, 2, 0.1, tol=1e-6)
+    assert fit.converged and fit.iterations < 100
+    reference = sk_linear.LogisticRegression(C=0.1, solver="newton-cholesky", tol=1e-12, max_iter=1000).fit(x, y)
+    assert np.abs(linear_probabilities(x, w, b) - reference.predict_proba(x)).max() < 1e-3
+
+
 def test_a_prior_pulls_the_solution_toward_it():
     x, y = digits([3, 8])
     base_w, base_b, _ = fit_linear(x, y, 2, 1.0)
