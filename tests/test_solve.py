@@ -31,11 +31,13 @@ def digits(classes):
     return x[keep] / 16.0, np.searchsorted(classes, y[keep])
 
 
-@pytest.mark.parametrize("classes, C, balanced", [([3, 8], 0.05, False), ([3, 8], 1.0, True),
-                                                   ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0.3, True)])
-def test_linear_solve_converges_and_equals_scikit_learn(classes, C, balanced):
+@pytest.mark.parametrize("classes, C, balanced, step", [([3, 8], 0.05, False, 2), ([3, 8], 1.0, True, 2),
+                                                         ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 0.3, True, 2),
+                                                         ([3, 8], 10.0, False, 9), ([0, 1, 2, 3, 4], 3.0, True, 20)])
+def test_linear_solve_converges_and_equals_scikit_learn(classes, C, balanced, step):
     x, y = digits(classes)
-    x, y = x[::2], y[::2]  # fewer rows than features per class: regularization matters
+    x, y = x[::step], y[::step]  # fewer rows than features per class: regularization matters; with step 9 or 20
+    # fewer rows than features (64): solved in the rows' span
     weights = np.bincount(y) if balanced else None
     sample_weight = len(y) / (len(classes) * weights[y]) if balanced else None
     w, b, fit = fit_linear(x, y, len(classes), C, sample_weight, tol=1e-8)
@@ -44,7 +46,7 @@ def test_linear_solve_converges_and_equals_scikit_learn(classes, C, balanced):
     reference = sk_linear.LogisticRegression(C=C, class_weight="balanced" if balanced else None, tol=1e-10,
                                              max_iter=10_000).fit(x, y)
     assert np.abs(ours - reference.predict_proba(x)).max() < 1e-3
-    held = digits(classes)[0][1::2]
+    held = digits(classes)[0][1::step]
     assert np.abs(linear_probabilities(held, w, b) - reference.predict_proba(held)).max() < 1e-3
 
 
@@ -64,10 +66,16 @@ def test_a_prior_pulls_the_solution_toward_it():
     base_w, base_b, _ = fit_linear(x, y, 2, 1.0)
     few = np.r_[np.flatnonzero(y == 0)[:10], np.flatnonzero(y == 1)[:10]]  # 20 rows
     flipped = 1 - y[few]  # data that disagree with the base completely
-    nudged, _, _ = fit_linear(x[few], flipped, 2, 0.01, prior=(base_w, base_b))
+    nudged, nudged_b, fit = fit_linear(x[few], flipped, 2, 0.01, prior=(base_w, base_b), tol=1e-9)
     fresh, _, _ = fit_linear(x[few], flipped, 2, 0.01)
+    assert fit.converged
     assert np.linalg.norm(nudged - base_w) < np.linalg.norm(fresh - base_w) / 3
     assert np.linalg.norm(nudged - base_w) < np.linalg.norm(base_w) / 3
+    # 20 rows, 64 features: solved in the rows' span. Each row four times at a quarter of the weight is the same
+    # objective with more rows than features, solved in all 64 dimensions: the same solution.
+    whole, whole_b, _ = fit_linear(np.repeat(x[few], 4, 0), np.repeat(flipped, 4), 2, 0.01, np.full(80, 0.25),
+                                   prior=(base_w, base_b), tol=1e-9)
+    assert np.abs(whole - nudged).max() < 1e-6 and np.abs(whole_b - nudged_b).max() < 1e-6
 
 
 def test_solved_run_reports_its_search_and_matches_scikit_learn(compose, reviews_snapshot, workspace, tmp_path):

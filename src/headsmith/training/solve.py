@@ -83,44 +83,79 @@ class LinearProblem:
     one logistic regression on w = W[1] - W[0] (what scikit-learn fits), returned as the softmax weights
     [-w/2, w/2] that give the same probabilities. Built once per set of rows and solved for each C of a search.
 
-    L-BFGS runs in coordinates where the objective is round: w = V diag(sigma) u, with V, lambda the eigenvectors
-    and eigenvalues of the rows' covariance and sigma = (c lambda + 1/(C sum s))^-1/2 (c bounds the loss's
-    curvature), and the bias measured from the mean row. The problem is the same, its minimum the same; embeddings,
-    whose few dominant directions make it ill-conditioned as posed, take ~5x fewer iterations. `x` may be float32
-    (half the memory; the line search then takes more steps, as the objective is less exact)."""
+    L-BFGS runs in coordinates where the objective is nearly round: w = V diag(sigma) u, with V, lambda the
+    eigenvectors and eigenvalues of the rows' covariance, each row weighted by the loss's curvature at the starting
+    point (summing to c), sigma = (c lambda + 1/(C sum s))^-1/2, and the bias measured from the weighted mean row.
+    The problem is the same, its minimum the same; embeddings, whose few dominant directions make it
+    ill-conditioned as posed, take 5 to 50x fewer iterations. The basis is rebuilt when the curvature has moved
+    3x since (a path of rising C makes the fit ever more confident). With fewer rows than features the weights'
+    part outside the rows' span only meets the L2 term, so it stays at the prior's and the rest is solved in the
+    span: exact, and cheaper. `x` may be float32 (half the memory; the line search then takes more steps, as the
+    objective is less exact)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, sample_weight: np.ndarray | None = None):
-        self.xt = np.ascontiguousarray(np.asarray(x).T)  # d x n: both products read it in memory order (no copy
-        # when `x` is Fortran-ordered, as a search passes it)
-        d, n = self.xt.shape
+        x = np.asarray(x)
+        n, self.dim = x.shape
+        self.span = None  # d x r orthonormal basis of the centred rows, when r < d
+        if n < self.dim:
+            self.center = x.mean(0, dtype=np.float64)
+            centred = x - self.center
+            values, vectors = np.linalg.eigh(centred @ centred.T)
+            keep = values > max(values[-1], 1e-300) * 1e-12
+            self.span = (centred.T @ vectors[:, keep]) / np.sqrt(values[keep])
+            x = np.asfortranarray(x @ self.span)
+        self.xt = np.ascontiguousarray(x.T)  # d x n: both products read it in memory order (no copy when `x` is
+        # Fortran-ordered, as a search passes it)
         self.num_classes, self.binary = num_classes, num_classes == 2
         self.k = 1 if self.binary else num_classes
         s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.total, self.scale = s.sum(), s / s.sum()
         self.onehot = (y == 1).astype(np.float64)[None, :] if self.binary else np.eye(num_classes)[:, y]  # k x n
-        self.mean = (self.xt @ self.scale.astype(self.xt.dtype)).astype(np.float64)
-        rooted = self.xt * np.sqrt(self.scale).astype(self.xt.dtype)
-        covariance = (rooted @ rooted.T).astype(np.float64) - np.outer(self.mean, self.mean)
-        eigenvalues, self.basis = np.linalg.eigh(covariance)
-        self.eigenvalues = np.clip(eigenvalues, 0.0, None)
-        # The loss's curvature in z is at most 1/4 (sigmoid) or 1/2 (softmax, Boehning's bound)
-        self.curvature = 0.25 if self.binary else 0.5
+        self.basis = None  # (curvature c, weighted mean row, eigenvalues, eigenvectors)
 
     def as_theta(self, pair) -> tuple[np.ndarray, np.ndarray]:
         """Softmax weights (k x d, k) -> this problem's weights and biases."""
         w, b = np.asarray(pair[0], dtype=np.float64), np.asarray(pair[1], dtype=np.float64)
         return (w[1:] - w[:1], b[1:] - b[:1]) if self.binary else (w, b)
 
+    def _logits(self, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (w.astype(self.xt.dtype) @ self.xt).astype(np.float64) + b[:, None]  # k x n
+
+    def _rebuild_basis(self, w: np.ndarray, b: np.ndarray) -> None:
+        z = self._logits(w, b)
+        if self.binary:
+            p = 1.0 / (1.0 + np.exp(-z[0]))
+            curvature = p * (1 - p)
+        else:  # the largest p(1 - p) of a row: its softmax Hessian's scale
+            p = np.exp(z - z.max(0))
+            p /= p.sum(0)
+            curvature = (p * (1 - p)).max(0)
+        weights = self.scale * np.maximum(curvature, 1e-12)
+        c = weights.sum()
+        if self.basis is not None and 1 / 3 < c / self.basis[0] < 3:
+            return
+        weights /= c
+        mean = (self.xt @ weights.astype(self.xt.dtype)).astype(np.float64)
+        rooted = self.xt * np.sqrt(weights).astype(self.xt.dtype)
+        values, vectors = np.linalg.eigh((rooted @ rooted.T).astype(np.float64) - np.outer(mean, mean))
+        self.basis = (c, mean, np.clip(values, 0.0, None), vectors)
+
     def solve(self, C: float, prior=None, init=None, tol: float = 1e-6,
               max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray, Fit]:
         """The solution for `C` from `init` (else `prior`, else zero): softmax weights (k x d), biases (k), the fit."""
         k, d = self.k, self.xt.shape[0]
+        w0, b0 = self.as_theta(prior) if prior is not None else (np.zeros((k, self.dim)), np.zeros(k))
+        w_start, b_start = self.as_theta(init) if init is not None else (w0, b0)
+        outside, shift = np.zeros((k, self.dim)), np.zeros(k)
+        if self.span is not None:  # into the span: w = outside + w_span span^T, the logits shifted by `outside`
+            outside = w0 - (w0 @ self.span) @ self.span.T
+            shift = outside @ self.center
+            w0, w_start, b_start = w0 @ self.span, w_start @ self.span, b_start + shift
+        self._rebuild_basis(w_start, b_start)
+        c, mean, eigenvalues, basis = self.basis
         alpha = 1.0 / (C * self.total)
-        sigma = 1.0 / np.sqrt(self.curvature * self.eigenvalues + alpha)
-        sigma_b = 1.0 / np.sqrt(self.curvature)
-        basis, mean, xt, scale, onehot = self.basis, self.mean, self.xt, self.scale, self.onehot
-        w0 = np.zeros((k, d)) if prior is None else self.as_theta(prior)[0]
-        last = {}
+        sigma, sigma_b = 1.0 / np.sqrt(c * eigenvalues + alpha), 1.0 / np.sqrt(c)
+        xt, scale, onehot, last = self.xt, self.scale, self.onehot, {}
 
         def theta(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             u = u.reshape(k, d + 1)
@@ -129,7 +164,7 @@ class LinearProblem:
 
         def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
             w, b = theta(u)
-            z = (w.astype(xt.dtype) @ xt).astype(np.float64) + b[:, None]  # k x n logits
+            z = self._logits(w, b)
             if self.binary:  # log(1 + e^z) - y z, and its derivative sigmoid(z) - y
                 loss = (np.logaddexp(0.0, z) - onehot * z)[0]
                 g = (1.0 / (1.0 + np.exp(-z)) - onehot) * scale
@@ -141,18 +176,18 @@ class LinearProblem:
             diff = w - w0
             grad_w = (xt @ g.T.astype(xt.dtype)).T.astype(np.float64) + alpha * diff
             grad_b = g.sum(1)
-            last["gradient"] = np.concatenate([grad_w.ravel(), grad_b])  # in the problem's own coordinates
+            last["gradient"] = (grad_w, grad_b)  # in the problem's own coordinates
             grad_u = np.concatenate([((grad_w - np.outer(grad_b, mean)) @ basis) * sigma, sigma_b * grad_b[:, None]],
                                     axis=1)
             return float(loss @ scale) + 0.5 * alpha * float((diff * diff).sum()), grad_u.ravel()
 
-        start = init if init is not None else prior
-        if start is None:
-            u = np.zeros(k * (d + 1))
-        else:
-            w, b = self.as_theta(start)
-            u = np.concatenate([(w @ basis) / sigma, ((b + w @ mean) / sigma_b)[:, None]], axis=1).ravel()
-        iterations, gtol, previous = 0, tol, math.inf
+        def largest_gradient() -> float:  # of the whole problem: outside the span it is zero
+            grad_w, grad_b = last["gradient"]
+            return float(max(np.abs(grad_w if self.span is None else grad_w @ self.span.T).max(),
+                             np.abs(grad_b).max()))
+
+        u = np.concatenate([(w_start @ basis) / sigma, ((b_start + w_start @ mean) / sigma_b)[:, None]], axis=1)
+        u, iterations, gtol, previous = u.ravel(), 0, tol, math.inf
         for _ in range(6):  # converged when max |gradient| is below `tol` in the problem's own coordinates; L-BFGS
             # sees the round ones, so when it stops short of that it goes on with a tighter tolerance of its own, as
             # long as that helps (it does not once the objective is flat to machine precision)
@@ -161,11 +196,13 @@ class LinearProblem:
                                                       "ftol": 64 * np.finfo(float).eps})
             u, iterations = result.x, iterations + int(result.nit)
             objective(u)
-            gradient = float(np.abs(last["gradient"]).max())
+            gradient = largest_gradient()
             if gradient <= tol or iterations >= max_iter or gradient > previous / 2:
                 break
             previous, gtol = gradient, min(gtol, float(np.abs(result.jac).max())) * tol / gradient / 2
         w, b = theta(u)
+        if self.span is not None:
+            w, b = outside + w @ self.span.T, b - shift
         if self.binary:
             w, b = np.concatenate([-w / 2, w / 2]), np.array([-b[0] / 2, b[0] / 2])
         state = {"1.weight": torch.tensor(w, dtype=torch.float32), "1.bias": torch.tensor(b, dtype=torch.float32)}
