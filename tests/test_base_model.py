@@ -114,6 +114,10 @@ def test_head_plan_mistakes(compose, base, short_snapshot, workspace):
             "sentiment, long)" in problems("base_model=base", "+heads.toxicity=keep"))
     assert "heads.short=keep: but the snapshot labels 'short'" in problems("base_model=base", "+heads.short=keep")
     assert "base_model: no model 'nope'" in problems("base_model=nope")
+    assert ("backbone.trainable_blocks=5: base_model base's backbone" in
+            problems("base_model=base", "backbone.mode=partial", "backbone.trainable_blocks=5"))
+    assert "has 2 blocks; choose 1 to 2" in problems("base_model=base", "backbone.mode=partial",
+                                                      "backbone.trainable_blocks=5")
 
 
 def test_registry_versions_and_cli(base, workspace, tmp_path):

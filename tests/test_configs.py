@@ -40,9 +40,9 @@ def test_selection_rule_is_defined_once(tmp_path):
     assert (loss.callbacks.early_stopping.monitor, loss.callbacks.early_stopping.mode) == ("val/loss", "min")
 
 
-def _problems(compose, *overrides) -> str:
+def _problems(compose, *overrides, fast: bool = True) -> str:
     with pytest.raises(ConfigError) as e:
-        validate_config(compose(*overrides), Workspace())
+        validate_config(compose(*overrides, fast=fast), Workspace())
     return str(e.value)
 
 
@@ -91,6 +91,23 @@ def test_backbone_mode_and_split(compose, reviews_snapshot):
     text = _problems(compose, "dataset.snapshot=reviews", "backbone.mode=frozn", "dataset.val_fraction=1.5")
     assert "backbone.mode=frozn: choose one of frozen, partial, full" in text
     assert "dataset.val_fraction=1.5: must be a share between 0 and 1" in text
+
+
+def test_trainable_blocks_are_checked_before_any_weight_loads(compose, reviews_snapshot, tiny_backbone, monkeypatch):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the config was checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_weights)
+    text = _problems(compose, "dataset.snapshot=reviews", "backbone.mode=partial", "backbone.trainable_blocks=0")
+    assert ("backbone.trainable_blocks=0: how many of the backbone's last blocks train in partial mode, from 1 "
+            "(backbone.mode=full trains every weight)") in text
+    text = _problems(compose, "dataset.snapshot=reviews", "backbone.mode=partial", "backbone.trainable_blocks=3")
+    assert f"backbone.trainable_blocks=3: {tiny_backbone} has 2 blocks; choose 1 to 2, or backbone.mode=full" in text
+    text = _problems(compose, "dataset.snapshot=reviews", "backbone=minilm", "backbone.mode=partial",
+                     "backbone.trainable_blocks=7", fast=False)
+    assert "backbone.trainable_blocks=7: all-MiniLM-L6-v2 has 6 blocks; choose 1 to 6" in text
 
 
 def test_test_snapshot_must_match(compose, workspace, reviews_snapshot, tmp_path):

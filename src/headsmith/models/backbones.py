@@ -98,13 +98,39 @@ class TextBackbone(nn.Module):
                    normalize=spec["normalize"])
 
 
+def trainable_blocks_problem(trainable_blocks, count: int | None, name: str) -> str | None:
+    """What is wrong with `backbone.trainable_blocks` for partial mode, if anything; `count`: the backbone's blocks
+    (None: not known yet)."""
+    if not isinstance(trainable_blocks, int) or isinstance(trainable_blocks, bool) or trainable_blocks < 1:
+        return (f"backbone.trainable_blocks={trainable_blocks}: how many of the backbone's last blocks train in "
+                "partial mode, from 1 (backbone.mode=full trains every weight)")
+    if count is not None and trainable_blocks > count:
+        return (f"backbone.trainable_blocks={trainable_blocks}: {name} has {count} blocks; choose 1 to {count}, or "
+                "backbone.mode=full")
+    return None
+
+
+def text_block_count(source: str | Path) -> int | None:
+    """A transformers encoder's number of blocks from its config.json alone (no weights are read)."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(source, trust_remote_code=False), "num_hidden_layers", None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # named by the error that loading it gives
+
+
 def set_backbone_mode(backbone: nn.Module, mode: str, trainable_blocks: int = 2) -> None:
     """frozen: nothing trains; partial: only the last `trainable_blocks` blocks; full: everything."""
     if mode not in BACKBONE_MODES:
         raise HeadsmithError(f"backbone.mode={mode}: choose one of {', '.join(BACKBONE_MODES)}")
     backbone.requires_grad_(mode == "full")
     if mode == "partial":
-        for block in backbone.blocks()[-trainable_blocks:]:
+        blocks = backbone.blocks()
+        problem = trainable_blocks_problem(trainable_blocks, len(blocks), backbone.pretrained)
+        if problem:
+            raise HeadsmithError(problem)
+        for block in blocks[-trainable_blocks:]:
             block.requires_grad_(True)
 
 

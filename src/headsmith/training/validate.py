@@ -14,9 +14,9 @@ from headsmith.data.datamodule import snapshot_differences
 from headsmith.data.snapshot import load_snapshot
 from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.evaluation.thresholds import class_problems, policy_problems
-from headsmith.models.backbones import BACKBONE_MODES
+from headsmith.models.backbones import BACKBONE_MODES, resolve_pretrained, text_block_count, trainable_blocks_problem
 from headsmith.models.heads import HEADS
-from headsmith.models.package import read_meta
+from headsmith.models.package import BACKBONE_DIR, read_meta
 from headsmith.models.registry import resolve_model
 from headsmith.training.base_model import plan_problems
 from headsmith.training.selection import selection_problems
@@ -122,6 +122,8 @@ def static_problems(cfg: DictConfig) -> list[str]:
                 problems += target_problems(f"{group}.{name}", node, RUNTIME_ARGS.get(group, set()))
     if cfg.backbone.get("mode") not in BACKBONE_MODES:
         problems.append(f"backbone.mode={cfg.backbone.get('mode')}: choose one of {', '.join(BACKBONE_MODES)}")
+    elif cfg.backbone.mode == "partial":
+        problems += block_problems(cfg)
     solved = cfg.backbone.get("mode") == "frozen" and (cfg.get("fit") or {}).get("method") == "solve"
     if cfg.backbone.get("augment") and solved:
         problems.append("backbone.augment: a solved head (frozen backbone, fit=solve) is fit on each image's one "
@@ -155,6 +157,27 @@ def static_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"dataset.val_fraction + dataset.test_fraction = {ds.val_fraction + ds.test_fraction}: "
                         "leave rows to train on (and above 0 test_fraction, or set dataset.test_snapshot)")
     return problems
+
+
+def block_problems(cfg: DictConfig, workspace: Workspace | None = None) -> list[str]:
+    """`backbone.trainable_blocks` for partial mode: a count from 1 and, where the count of blocks is known before
+    any weight loads (a text backbone's config.json), no more than that. Without `workspace`: the backbone the
+    config names; with it: the base model's, when there is one."""
+    blocks, name, count = cfg.backbone.get("trainable_blocks"), cfg.backbone.get("pretrained"), None
+    try:
+        if workspace is None and not cfg.get("base_model"):
+            if str(cfg.backbone.get("_target_")).endswith(".text_backbone"):
+                count = text_block_count(resolve_pretrained(name))
+        elif workspace is not None:
+            if not cfg.get("base_model") or trainable_blocks_problem(blocks, None, name):
+                return []  # reported by the check without a workspace
+            folder = resolve_model(workspace, cfg.base_model)
+            name = f"base_model {cfg.base_model}'s backbone ({read_meta(folder)['backbone']['pretrained']})"
+            count = text_block_count(folder / BACKBONE_DIR)
+    except HeadsmithError:
+        return []  # a backbone or base model that cannot be read is reported by its own check, with the fix
+    problem = trainable_blocks_problem(blocks, count, name)
+    return [problem] if problem else []
 
 
 def fit_problems(fit) -> list[str]:
@@ -218,6 +241,8 @@ def data_problems(cfg: DictConfig, workspace: Workspace) -> list[str]:
         except HeadsmithError as e:
             return problems + [f"base_model: {e}"]
         problems += plan_problems(cfg.get("heads") or {}, trained, {h: v["classes"] for h, v in meta["heads"].items()})
+        if cfg.backbone.get("mode") == "partial":
+            problems += block_problems(cfg, workspace)
         kind = "image" if snapshot.manifest.type == "image-classification" else "text"
         if meta["backbone"]["kind"] != kind:
             problems.append(f"base_model: its backbone reads {meta['backbone']['kind']}, but snapshot "
