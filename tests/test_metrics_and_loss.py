@@ -6,7 +6,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, 
 from torch.nn import functional as F
 
 from headsmith.evaluation.metrics import evaluate_head, flatten, head_metrics, summarize
-from headsmith.models.module import multi_head_loss
+from headsmith.training.module import multi_head_loss
 
 TARGET = torch.tensor([0, 0, 1, 1, 2, 2])
 PRED = torch.tensor([0, 1, 1, 1, 2, 0])

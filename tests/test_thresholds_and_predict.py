@@ -126,3 +126,25 @@ def test_eval_command_writes_a_consistent_evaluation(compose, reviews_snapshot, 
         assert saved["metrics"][head]["support"] == len(rows)
     missing = run_cli("eval", "no-such-model", "reviews")
     assert missing.returncode == 2 and "no model 'no-such-model'" in missing.stdout + missing.stderr
+
+
+@pytest.mark.parametrize("by_length", [False, True])
+def test_the_batching_loop_gives_one_row_per_input_in_input_order(by_length):
+    import torch
+
+    from headsmith.models.net import batched
+
+    texts = ["a" * n for n in (7, 1, 30, 4, 4, 12, 2, 9, 25, 3, 8)]  # mixed lengths; 11 rows in batches of 4
+    seen = []
+
+    def compute(batch):
+        seen.append([len(t) for t in batch])
+        return {"length": torch.tensor([[len(t)] for t in batch]), "twice": torch.tensor([2 * len(t) for t in batch])}
+
+    out = batched(compute, texts, batch_size=4, by_length=by_length)
+    assert out["length"][:, 0].tolist() == [len(t) for t in texts]
+    assert out["twice"].tolist() == [2 * len(t) for t in texts]
+    assert [len(b) for b in seen] == [4, 4, 3]
+    if by_length:  # each batch holds similar lengths
+        assert seen == [[1, 2, 3, 4], [4, 7, 8, 9], [12, 25, 30]]
+    assert batched(compute, [], batch_size=4) == {}

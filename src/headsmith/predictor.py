@@ -92,12 +92,7 @@ class Predictor:
             inputs = self.load_images(inputs)
         elif not all(isinstance(x, str) for x in inputs):
             raise HeadsmithError(f"model '{self.name}' reads texts, not images or bytes")
-        parts: dict[str, list[np.ndarray]] = {h: [] for h in self.card.heads}
-        for start in range(0, len(inputs), self.batch_size):
-            logits = self.net(self.net.backbone.preprocess(inputs[start:start + self.batch_size]))
-            for head, values in logits.items():
-                parts[head].append(torch.softmax(values.float(), -1).numpy())
-        return {h: np.concatenate(p) for h, p in parts.items()}
+        return {head: scores.numpy() for head, scores in self.net.scores(inputs, self.batch_size).items()}
 
     def predict(self, inputs: list, heads: list[str] | None = None) -> list[dict]:
         """Per input: {head: {"decision": CLASS or None, "classes": [{class, score, threshold, flagged}, ...]}}."""

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import Progress
 
 from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
@@ -23,25 +22,16 @@ from headsmith.models.net import MultiHeadNet
 EVAL_FILE, PREDICTIONS_FILE, REPORT_FILE = "eval.json", "predictions.parquet", "report.html"
 
 
-@torch.inference_mode()
 def score_rows(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame, features: torch.Tensor | None = None,
                batch_size: int = 64) -> dict[str, np.ndarray]:
     """Softmax scores per head, one row per row of `frame` (rows of `snapshot`; `position` is their index in it).
     `features`: the frozen backbone's embeddings of the whole snapshot, when cached."""
-    was_training = net.training
-    net.eval()
-    scores: dict[str, list[np.ndarray]] = {h: [] for h in net.classes}
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"scoring {len(frame)} rows of '{snapshot.manifest.name}'", total=len(frame))
-        for start in range(0, len(frame), batch_size):
-            rows = frame.iloc[start:start + batch_size]
-            inputs = ({"features": features[torch.tensor(rows["position"].to_numpy())]} if features is not None
-                      else net.backbone.preprocess(snapshot.load_inputs(rows["input"].tolist())))
-            for head, logits in net(inputs).items():
-                scores[head].append(torch.softmax(logits.float(), -1).numpy())
-            progress.advance(task, len(rows))
-    net.train(was_training)
-    return {h: np.concatenate(parts) if parts else np.zeros((0, len(net.classes[h]))) for h, parts in scores.items()}
+    description = f"scoring {len(frame)} rows of '{snapshot.manifest.name}'"
+    if features is not None:
+        scores = net.scores(frame["position"].tolist(), batch_size, features=features, description=description)
+    else:
+        scores = net.scores(frame["input"].tolist(), batch_size, load=snapshot.load_inputs, description=description)
+    return {h: scores[h].numpy() if scores else np.zeros((0, len(net.classes[h]))) for h in net.classes}
 
 
 class Evaluation:

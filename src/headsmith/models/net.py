@@ -2,8 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from rich.progress import Progress
 from torch import nn
+
+
+@torch.inference_mode()
+def batched(compute: Callable[[list], dict[str, torch.Tensor]], inputs: list, batch_size: int,
+            description: str | None = None, by_length: bool = False) -> dict[str, torch.Tensor]:
+    """The one batching loop of inference (embedding, scoring, evaluation, prediction): `compute` turns a batch of
+    inputs into {name: one row per input}; the rows of every batch come back joined, in input order. `by_length`:
+    batches hold inputs of similar length (little padding), put back in order after. `description` shows a
+    progress bar."""
+    order = (sorted(range(len(inputs)), key=lambda i: len(str(inputs[i]))) if by_length
+             else list(range(len(inputs))))
+    parts = []
+    with Progress(transient=True, disable=description is None) as progress:
+        task = progress.add_task(description or "", total=len(inputs))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            parts.append(compute([inputs[i] for i in chunk]))
+            progress.advance(task, len(chunk))
+    if not parts:
+        return {}
+    joined = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+    if by_length:
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        joined = {name: rows[back] for name, rows in joined.items()}
+    return joined
 
 
 def module_key(head: str) -> str:
@@ -46,16 +75,24 @@ class MultiHeadNet(nn.Module):
             self.backbone.eval()  # a frozen backbone gives the same embedding every epoch: no dropout
         return self
 
-    @torch.inference_mode()
-    def predict(self, inputs: list, batch_size: int = 64) -> list[dict[str, dict[str, float]]]:
-        """Per input, per head, per class scores (softmax: each head's scores sum to 1)."""
+    def scores(self, inputs: list, batch_size: int = 64, load: Callable[[list], list] = list,
+               features: torch.Tensor | None = None, description: str | None = None) -> dict[str, torch.Tensor]:
+        """Softmax scores per head (each row sums to 1), one row per input; `load` turns a batch of stored values
+        into what the backbone takes. With `features` (the frozen backbone's embeddings, cached) `inputs` are
+        row positions in it, and only the heads run."""
+        def compute(batch: list) -> dict[str, torch.Tensor]:
+            given = ({"features": features[torch.tensor(batch, dtype=torch.long)]} if features is not None
+                     else self.backbone.preprocess(load(batch)))
+            return {head: torch.softmax(logits.float(), -1) for head, logits in self(given).items()}
+
         was_training = self.training
         self.eval()
-        results = []
-        for start in range(0, len(inputs), batch_size):
-            logits = self(self.backbone.preprocess(inputs[start:start + batch_size]))
-            probs = {h: torch.softmax(v.float(), dim=-1).tolist() for h, v in logits.items()}
-            for i in range(len(next(iter(probs.values())))):
-                results.append({h: dict(zip(self.classes[h], probs[h][i])) for h in self.classes})
-        self.train(was_training)
-        return results
+        try:
+            return batched(compute, inputs, batch_size, description)
+        finally:
+            self.train(was_training)
+
+    def predict(self, inputs: list, batch_size: int = 64) -> list[dict[str, dict[str, float]]]:
+        """Per input, per head, per class scores (softmax: each head's scores sum to 1)."""
+        scores = {h: v.tolist() for h, v in self.scores(list(inputs), batch_size).items()}
+        return [{h: dict(zip(self.classes[h], scores[h][i])) for h in self.classes} for i in range(len(inputs))]

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from headsmith.data.snapshot import Snapshot
 from headsmith.evaluation.report import console
 from headsmith.files import atomic_path
+from headsmith.models.net import batched
 from headsmith.workspace import Workspace
 
 
@@ -31,23 +31,18 @@ def backbone_id(backbone: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-@torch.inference_mode()
 def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] = list, batch_size: int = 128,
           description: str = "embedding") -> torch.Tensor:
     """One embedding per input, in input order; `load` turns a batch of stored values into what the backbone takes.
     Batches hold inputs of similar length, so little is padding."""
     was_training = backbone.training
     backbone.eval()
-    order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))
-    out = torch.empty(len(inputs), backbone.out_dim)
-    with Progress(transient=True) as progress:
-        task = progress.add_task(description, total=len(inputs))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            out[chunk] = backbone(backbone.preprocess(load([inputs[i] for i in chunk]))).float().cpu()
-            progress.advance(task, len(chunk))
-    backbone.train(was_training)
-    return out
+    try:
+        out = batched(lambda batch: {"embedding": backbone(backbone.preprocess(load(batch))).float().cpu()}, inputs,
+                      batch_size, description, by_length=True)
+    finally:
+        backbone.train(was_training)
+    return out["embedding"] if out else torch.empty(0, backbone.out_dim)
 
 
 class EmbeddingCache:

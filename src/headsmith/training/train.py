@@ -30,7 +30,7 @@ from headsmith.evaluation.report import console, print_error, print_metrics, pri
 from headsmith.evaluation.thresholds import choose_thresholds
 from headsmith.files import atomic_path, write_atomic
 from headsmith.models.heads import build_head, head_spec
-from headsmith.models.module import MultiHeadClassifier
+from headsmith.training.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
 from headsmith.models.registry import resolve_model
