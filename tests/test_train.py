@@ -83,6 +83,25 @@ def test_partial_and_full_backbone_modes_train(compose, reviews_snapshot, tiny_b
     assert sum(changed) == trained_blocks and changed[-1]
 
 
+def test_frozen_blocks_run_in_eval_mode_in_partial_mode(tiny_backbone):
+    from headsmith.models.backbones import text_backbone
+    from headsmith.models.heads import LinearHead
+    from headsmith.models.net import MultiHeadNet
+
+    backbone = text_backbone(str(tiny_backbone), max_tokens=32, mode="partial", trainable_blocks=1)
+    MultiHeadNet(backbone, {"s": LinearHead(backbone.out_dim, 2)}, {"s": ["a", "b"]}, {}).train()
+    blocks = backbone.blocks()
+    assert [b.training for b in blocks] == [False, True] and not backbone.encoder.embeddings.training
+    inputs = backbone.preprocess(["a warm, funny film", "dull"])
+
+    def states():
+        return backbone.encoder(**inputs, output_hidden_states=True).hidden_states
+
+    first, second = states(), states()
+    assert torch.equal(first[1], second[1])  # what enters the trainable block: no dropout, the same every step
+    assert not torch.equal(first[2], second[2])  # the trainable block keeps its dropout
+
+
 def test_validation_every_n_steps(compose, reviews_snapshot, tmp_path):
     train(compose("dataset.snapshot=reviews", "fit=sgd", "trainer.max_epochs=1", "trainer.val_check_interval=2",
                   "trainer.check_val_every_n_epoch=null", "~callbacks.early_stopping"))

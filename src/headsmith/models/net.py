@@ -35,6 +35,17 @@ def batched(compute: Callable[[list], dict[str, torch.Tensor]], inputs: list, ba
     return joined
 
 
+def rest_frozen_parts(module: nn.Module) -> None:
+    """Eval mode (no dropout) for every part of `module` whose weights are all frozen: a frozen block computes the
+    same thing every step, so cached and uncached partial training see the same inputs to the trainable blocks."""
+    weights = list(module.parameters())
+    if weights and not any(p.requires_grad for p in weights):
+        module.eval()
+        return
+    for child in module.children():  # a part without weights (dropout) follows the part that holds it
+        rest_frozen_parts(child)
+
+
 def module_key(head: str) -> str:
     """Heads live in ModuleDicts under a prefixed key: a head may be called `type` or `half`, which are
     nn.Module attribute names."""
@@ -66,13 +77,14 @@ class MultiHeadNet(nn.Module):
             with torch.no_grad():
                 features = self.backbone(inputs)
         else:
+            if self.training:
+                rest_frozen_parts(self.backbone)  # as above: frozen blocks never use dropout
             features = self.backbone(inputs)
         return {name: self.heads[module_key(name)](features) for name in self.classes}
 
     def train(self, mode: bool = True) -> "MultiHeadNet":
         super().train(mode)
-        if self.backbone_frozen:
-            self.backbone.eval()  # a frozen backbone gives the same embedding every epoch: no dropout
+        rest_frozen_parts(self.backbone)  # a frozen backbone (or block) gives the same output every epoch
         return self
 
     def scores(self, inputs: list, batch_size: int = 64, load: Callable[[list], list] = list,

@@ -260,9 +260,10 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     def features_of(snapshot):  # the frozen backbone's embeddings of all the snapshot's rows, if known
         return None
 
-    if net.backbone_frozen:
-        # A frozen backbone stays in eval mode on purpose (no dropout): Lightning's warning about it is expected.
+    if cfg.backbone.mode != "full":
+        # Frozen parts stay in eval mode on purpose (no dropout): Lightning's warning about them is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    if net.backbone_frozen:
         if cfg.embedding_cache:
             features_of = functools.partial(EmbeddingCache(workspace).features, backbone=net.backbone)
         elif solved:  # a solve needs every row's embedding at once: computed here, kept in memory only
