@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -70,3 +71,20 @@ def test_image_snapshots_batch_through_the_same_path(workspace, tmp_path, image_
                             test_fraction=0.25, batch_size=8)
     batch = next(iter(dm.train_dataloader()))
     assert batch["inputs"]["pixels"].shape == (8, 32, 32, 3) and batch["labels"]["digit"].shape == (8,)
+
+
+def test_length_buckets_cover_every_row_once_in_batches_of_similar_length():
+    from headsmith.data.datamodule import LengthBuckets
+
+    lengths = [int(n) for n in np.random.default_rng(0).integers(1, 120, 1000)]
+    buckets = LengthBuckets(lengths, 32, seed=7, pool=4)
+    batches = list(buckets)
+    assert len(batches) == len(buckets) == 32 and sorted(i for b in batches for i in b) == list(range(1000))
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded < 1.3 * sum(lengths)  # random batches of 32 pad to about 1.9x
+    assert list(LengthBuckets(lengths, 32, seed=7, pool=4)) == batches  # (seed, epoch) alone decide the order
+    buckets.set_epoch(1)
+    assert list(buckets) != batches
+    shares = [list(LengthBuckets(lengths, 32, seed=7, rank=r, world=3, pool=4)) for r in range(3)]
+    assert [len(s) for s in shares] == [11, 11, 11]  # every rank the same number of steps
+    assert set(i for s in shares for b in s for i in b) == set(range(1000))

@@ -83,6 +83,49 @@ def test_partial_and_full_backbone_modes_train(compose, reviews_snapshot, tiny_b
     assert sum(changed) == trained_blocks and changed[-1]
 
 
+@pytest.mark.parametrize("pretrained, cut", [("tiny", 1), ("all-MiniLM-L6-v2", 5)])
+def test_a_cached_trunk_gives_the_backbones_own_embeddings(reviews_snapshot, workspace, tiny_backbone, pretrained,
+                                                          cut):
+    from headsmith.models.backbones import text_backbone
+    from headsmith.training.embedding_cache import TrunkCache
+
+    backbone = text_backbone(str(tiny_backbone) if pretrained == "tiny" else pretrained, max_tokens=64,
+                             mode="partial", trainable_blocks=1)
+    assert backbone.first_trainable_block() == cut
+    states = TrunkCache(workspace).states(reviews_snapshot, backbone, cut)
+    frame = reviews_snapshot.frame()
+    rows = [0, 3, 17, 40, len(frame) - 1]  # mixed lengths, padded to the longest of these five
+    with torch.no_grad():
+        direct = backbone.eval()(backbone.preprocess(frame["input"].iloc[rows].tolist()))
+        batch = states.batch(rows)
+        cached = backbone.from_trunk(batch["states"], batch["attention_mask"], batch["cut"])
+    assert batch["states"].dtype == torch.float16 and torch.allclose(cached, direct, atol=1e-3)
+    assert TrunkCache(workspace).states(reviews_snapshot, backbone, cut).tokens.shape == states.tokens.shape
+
+
+def test_partial_training_reads_the_cached_trunk(compose, reviews_snapshot, tiny_backbone, workspace, tmp_path):
+    from transformers import AutoModel
+
+    from headsmith.training.embedding_cache import TrunkCache
+
+    _, objects = train(compose("dataset.snapshot=reviews", "backbone.mode=partial", "backbone.trainable_blocks=1",
+                               "fit=sgd", "trainer.max_epochs=2", "optimizer.lr=1e-2"))
+    assert len(list((workspace.root / "cache" / "trunks").glob("*-block1"))) == 1
+    net = objects["net"].eval()
+    before = AutoModel.from_pretrained(tiny_backbone).encoder.layer
+    after = net.backbone.encoder.encoder.layer
+    assert torch.equal(before[0].output.dense.weight, after[0].output.dense.weight)  # the cached block: frozen
+    assert not torch.equal(before[1].output.dense.weight, after[1].output.dense.weight)  # the trained one
+    # What training saw (cached states) and what the package runs (every block, from text) agree
+    trunk = TrunkCache(workspace).states(reviews_snapshot, net.backbone, 1)
+    rows = list(range(8))
+    texts = reviews_snapshot.frame()["input"].iloc[rows].tolist()
+    with torch.no_grad():
+        from_states, from_text = net(trunk.batch(rows)), net(net.backbone.preprocess(texts))
+    assert all(torch.allclose(from_states[h], from_text[h], atol=1e-3) for h in from_text)
+    assert len(list((workspace.root / "cache" / "trunks").glob("*-block1"))) == 1  # trained blocks: same key
+
+
 def test_frozen_blocks_run_in_eval_mode_in_partial_mode(tiny_backbone):
     from headsmith.models.backbones import text_backbone
     from headsmith.models.heads import LinearHead

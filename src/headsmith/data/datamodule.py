@@ -59,8 +59,8 @@ def balanced_weights(counts: np.ndarray) -> np.ndarray:
 
 
 class LabelledRows(Dataset):
-    def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], features: torch.Tensor | None = None):
-        self.inputs = features if features is not None else frame["input"].tolist()
+    def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], inputs=None):
+        self.inputs = inputs if inputs is not None else frame["input"].tolist()  # or embeddings, or row positions
         self.labels = {
             head: torch.tensor(frame[head].map({c: i for i, c in enumerate(names)}).fillna(UNLABELLED)
                                .astype("int64").to_numpy())
@@ -72,6 +72,38 @@ class LabelledRows(Dataset):
 
     def __getitem__(self, i: int):
         return self.inputs[i], {head: labels[i] for head, labels in self.labels.items()}
+
+
+class LengthBuckets:
+    """Training batches of rows of similar length, so little of a batch is padding: a seeded shuffle, cut into pools
+    of `pool` batches, each sorted by length and cut into batches, the batches shuffled. The order depends on
+    (seed, epoch) alone; under DDP each rank takes every world-th batch (the list padded to a multiple of world)."""
+
+    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1, pool: int = 50):
+        self.lengths, self.batch_size, self.seed, self.rank, self.world = list(lengths), batch_size, seed, rank, world
+        self.pool, self.epoch = pool, 0
+        self.sampler = self  # Lightning sets the epoch through `batch_sampler.sampler.set_epoch`
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        batches, size = [], self.batch_size * self.pool
+        for start in range(0, len(order), size):
+            pool = sorted(order[start:start + size], key=self.lengths.__getitem__)
+            batches += [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        batches += batches[:(-len(batches)) % self.world]
+        return batches[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        batches = -(-len(self.lengths) // self.batch_size)  # every pool but the last is a whole number of batches
+        return -(-batches // self.world)
 
 
 class SnapshotDataModule(pl.LightningDataModule):
@@ -101,6 +133,7 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.seed = seed
 
         self.features: dict[str, torch.Tensor] | None = None  # split -> precomputed embeddings, see use_features
+        self.trunks: dict | None = None  # split -> cached token states of its snapshot, see use_trunk
         frame = self.snapshot.frame().rename_axis("position").reset_index()  # position: row in the snapshot
         frame = frame[frame[heads].notna().any(axis=1)]  # rows that label none of the trained heads teach nothing
         held_out = {"val": val_fraction} if self.test_snapshot else {"val": val_fraction, "test": test_fraction}
@@ -127,16 +160,32 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.features = {part: features_of(sources[part])[torch.tensor(rows["position"].to_numpy())]
                          for part, rows in self.splits.items()}
 
-    def _collate(self, items, train: bool = False):
+    def use_trunk(self, trunk_of: Callable[[Snapshot], object]) -> None:
+        """Serve cached token states (`trunk_of(snapshot).batch(positions)`) instead of raw inputs."""
+        sources = {"train": self.snapshot, "val": self.snapshot, "test": self.test_snapshot or self.snapshot}
+        self.trunks = {part: trunk_of(source) for part, source in sources.items()}
+
+    def _collate(self, items, part: str):
         inputs, labels = zip(*items)
-        batch = ({"features": torch.stack(inputs)} if self.features
-                 else self.preprocess(self.snapshot.load_inputs(list(inputs)), train=train))
+        if self.features:
+            batch = {"features": torch.stack(inputs)}
+        elif self.trunks:
+            batch = self.trunks[part].batch(list(inputs))
+        else:
+            batch = self.preprocess(self.snapshot.load_inputs(list(inputs)), train=part == "train")
         return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
 
     def _loader(self, part: str) -> DataLoader:
-        rows = LabelledRows(self.splits[part], self.classes, self.features[part] if self.features else None)
+        inputs = (self.features[part] if self.features
+                  else self.splits[part]["position"].tolist() if self.trunks else None)
+        rows = LabelledRows(self.splits[part], self.classes, inputs)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
+        collate = functools.partial(self._collate, part=part)
+        if part == "train" and self.trunks:  # cached token states: batches of similar length
+            lengths = self.trunks[part].lengths[self.splits[part]["position"].to_numpy()]
+            return DataLoader(rows, batch_sampler=LengthBuckets(lengths, self.batch_size, self.seed, rank, world),
+                              num_workers=self.num_workers, collate_fn=collate)
         if part == "train":
             # The order depends on (seed, epoch) alone (Lightning calls set_epoch), so a resumed run sees what an
             # uninterrupted one would; under DDP each rank takes its share.
@@ -146,7 +195,7 @@ class SnapshotDataModule(pl.LightningDataModule):
             # and the repeated rows would count twice in the metrics.
             sampler = range(rank, len(rows), world)
         return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=functools.partial(self._collate, train=part == "train"),
+                          collate_fn=collate,
                           generator=torch.Generator().manual_seed(self.seed))  # not the global RNG: dropout's
 
     def train_dataloader(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import re
@@ -31,6 +32,17 @@ def resolve_pretrained(pretrained: str) -> str:
     return str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().is_dir() else pretrained
 
 
+class _Given(nn.Module):
+    """Stands in for an encoder's embeddings: gives the token states it holds, whatever it is called with."""
+
+    def __init__(self, states: torch.Tensor):
+        super().__init__()
+        self.states = states
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.states
+
+
 class TextBackbone(nn.Module):
     """A transformers encoder with masked mean pooling: texts -> one embedding per text."""
 
@@ -56,16 +68,66 @@ class TextBackbone(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return self._pool(hidden, inputs["attention_mask"])
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
+    def _block_list(self) -> tuple[str, nn.ModuleList]:
+        for name, module in self.encoder.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) > 0:
+                return name, module
+        raise HeadsmithError(f"cannot find the transformer blocks of {self.pretrained} for backbone.mode=partial")
+
     def blocks(self) -> list[nn.Module]:
         """The encoder's transformer blocks, first to last (what `partial` mode unfreezes from the end)."""
-        for module in self.encoder.modules():
-            if isinstance(module, nn.ModuleList) and len(module) > 0:
-                return list(module)
-        raise HeadsmithError(f"cannot find the transformer blocks of {self.pretrained} for backbone.mode=partial")
+        return list(self._block_list()[1])
+
+    def first_trainable_block(self) -> int:
+        """Where the trainable blocks start (partial mode); the number of blocks when none trains."""
+        blocks = self.blocks()
+        return next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())),
+                    len(blocks))
+
+    def trunk_state(self, cut: int) -> dict[str, torch.Tensor]:
+        """The weights `trunk(inputs, cut)` depends on: all but those of blocks `cut` onward (which may train)."""
+        name, blocks = self._block_list()
+        later = tuple(f"encoder.{name}.{i}." for i in range(cut, len(blocks)))
+        return {key: value for key, value in self.state_dict().items() if not key.startswith(later)}
+
+    def trunk(self, inputs: dict[str, torch.Tensor], cut: int) -> torch.Tensor:
+        """The token states that enter block `cut` (0: the embeddings' output), one row per token."""
+        return self.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            output_hidden_states=True).hidden_states[cut]
+
+    def from_trunk(self, states: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
+        """The embedding `forward` gives, from the token states `trunk` gave: only blocks `cut` onward run."""
+        with self._starting_at(cut, states.to(next(self.encoder.parameters()).dtype)):
+            hidden = self.encoder(input_ids=torch.zeros(attention_mask.shape, dtype=torch.long,
+                                                        device=attention_mask.device),
+                                  attention_mask=attention_mask).last_hidden_state
+        return self._pool(hidden, attention_mask)
+
+    @contextlib.contextmanager
+    def _starting_at(self, cut: int, states: torch.Tensor):
+        """For the duration, the encoder starts at block `cut`: its embeddings give `states`, earlier blocks are
+        left out of its block list (the same modules; nothing is copied)."""
+        name, blocks = self._block_list()
+        parent_name, _, attribute = name.rpartition(".")
+        parent = self.encoder.get_submodule(parent_name)
+        embeddings = getattr(self.encoder, "embeddings", None)
+        if not isinstance(embeddings, nn.Module):
+            raise HeadsmithError(f"{self.pretrained}: its encoder has no `embeddings` module to start from; a cached "
+                                 "trunk cannot split it (set embedding_cache=false)")
+        try:
+            setattr(parent, attribute, nn.ModuleList(list(blocks)[cut:]))
+            self.encoder.embeddings = _Given(states)
+            yield
+        finally:
+            setattr(parent, attribute, blocks)
+            self.encoder.embeddings = embeddings
 
     def spec(self) -> dict:
         return {"kind": self.kind, "pretrained": self.pretrained, "max_tokens": self.max_tokens,

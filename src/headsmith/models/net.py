@@ -69,9 +69,15 @@ class MultiHeadNet(nn.Module):
         return not any(p.requires_grad for p in self.backbone.parameters())
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`inputs` is a preprocessed batch, or `{"features": ...}` holding the frozen backbone's embeddings."""
+        """`inputs` is a preprocessed batch, `{"features": ...}` holding the frozen backbone's embeddings, or
+        `{"states", "attention_mask", "cut"}` holding the token states that enter block `cut` of its backbone (the
+        first trainable one; a base model distilling on the same batch shares the frozen blocks before it)."""
         if "features" in inputs:
             features = inputs["features"]
+        elif "states" in inputs:
+            if self.training:
+                rest_frozen_parts(self.backbone)
+            features = self.backbone.from_trunk(inputs["states"], inputs["attention_mask"], inputs["cut"])
         elif self.backbone_frozen:
             self.backbone.eval()  # Lightning restores saved module modes; a frozen backbone never uses dropout
             with torch.no_grad():

@@ -1,31 +1,39 @@
-"""Frozen-backbone embeddings, computed once per (snapshot, backbone, preprocessing) and kept in the workspace.
+"""What the frozen part of a backbone computes, once per (snapshot, backbone, preprocessing), kept in the workspace.
 
 With a frozen backbone the forward pass over the data is the only real cost of training; every epoch and every
-later run on the same snapshot reads the stored embeddings instead."""
+later run on the same snapshot reads the stored embeddings instead. With a partially trainable text backbone the
+token states that enter the first trainable block are kept the same way (the trunk), so each step runs only the
+trainable blocks and the heads."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from headsmith.data.snapshot import Snapshot
+from headsmith.errors import HeadsmithError
 from headsmith.evaluation.report import console
 from headsmith.files import atomic_path
 from headsmith.models.net import batched
 from headsmith.workspace import Workspace
 
 
-def backbone_id(backbone: torch.nn.Module) -> str:
-    """Identifies what the backbone computes: its spec (incl. preprocessing) and the bytes of its weights."""
+def backbone_id(backbone: torch.nn.Module, state: dict[str, torch.Tensor] | None = None) -> str:
+    """Identifies what the backbone computes: its spec (incl. preprocessing) and the bytes of its weights (`state`:
+    only those, when what is cached depends on no others)."""
     digest = hashlib.sha256(json.dumps(backbone.spec(), sort_keys=True).encode())
-    for name, tensor in sorted(backbone.state_dict().items()):
+    for name, tensor in sorted((backbone.state_dict() if state is None else state).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()
@@ -74,3 +82,101 @@ class EmbeddingCache:
         console.print(f"embedded {len(features)} rows of snapshot '{snapshot.manifest.name}' in "
                       f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
         return features
+
+
+class TrunkStates:
+    """The token states that enter a backbone's first trainable block, every row of a snapshot: float16, read from a
+    memory-mapped file (only the rows of a batch are read)."""
+
+    def __init__(self, folder: Path, cut: int):
+        self.cut = cut  # the block they enter
+        self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")  # every row's real tokens, row after row
+        spans = np.load(folder / "spans.npy")  # per row: where its tokens start, how many
+        self.starts, self.lengths = spans[:, 0], spans[:, 1]
+
+    def batch(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        """The rows at `positions`, padded to the longest: {"states": B x T x H float16, "attention_mask": B x T,
+        "cut": the block they enter}."""
+        lengths = self.lengths[positions]
+        states = torch.zeros(len(positions), int(lengths.max()), self.tokens.shape[1], dtype=torch.float16)
+        mask = torch.zeros(len(positions), int(lengths.max()), dtype=torch.long)
+        for i, (position, length) in enumerate(zip(positions, lengths)):
+            start = self.starts[position]
+            states[i, :length] = torch.from_numpy(np.array(self.tokens[start:start + length]))
+            mask[i, :length] = 1
+        return {"states": states, "attention_mask": mask, "cut": self.cut}
+
+
+class TrunkCache:
+    def __init__(self, workspace: Workspace):
+        self.folder = workspace.root / "cache" / "trunks"
+        self._ids: dict[tuple[int, int], str] = {}
+
+    def path(self, snapshot: Snapshot, backbone: torch.nn.Module, cut: int) -> Path:
+        """Keyed by the weights before block `cut` only: the blocks that train do not change what is cached."""
+        if (id(backbone), cut) not in self._ids:
+            self._ids[id(backbone), cut] = backbone_id(backbone, backbone.trunk_state(cut))
+        return self.folder / f"{snapshot.manifest.sha256[:16]}-{self._ids[id(backbone), cut][:16]}-block{cut}"
+
+    def states(self, snapshot: Snapshot, backbone: torch.nn.Module, cut: int) -> TrunkStates:
+        """The states entering block `cut` of every row of the snapshot (see TrunkStates). Processes that ask at once
+        wait for one of them to compute them."""
+        path = self.path(snapshot, backbone, cut)
+        if path.is_dir():
+            return TrunkStates(path, cut)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_dir():  # computed by another process while this one waited
+                return TrunkStates(path, cut)
+            started = time.monotonic()
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.folder))
+            try:
+                _compute_trunk(snapshot, backbone, cut, staging)
+                os.rename(staging, path)  # readers see the whole folder or none
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        states = TrunkStates(path, cut)
+        console.print(f"cached the token states entering block {cut} of {len(states.lengths)} rows of snapshot "
+                      f"'{snapshot.manifest.name}' ({states.tokens.nbytes / 2**20:.0f} MiB) in "
+                      f"{time.monotonic() - started:.1f} s: {path}", highlight=False)
+        return states
+
+
+def _compute_trunk(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, folder: Path) -> None:
+    inputs = snapshot.frame()["input"].tolist()
+    order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))  # batches of similar length: little padding
+
+    def real_tokens(batch: list) -> dict[str, torch.Tensor]:
+        encoded = backbone.preprocess(snapshot.load_inputs(batch))
+        real = encoded["attention_mask"].bool()
+        return {"tokens": backbone.trunk(encoded, cut)[real].half(), "lengths": real.sum(1)}
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        found = batched(real_tokens, [inputs[i] for i in order], 128,
+                        f"caching the trunk of snapshot '{snapshot.manifest.name}' (once)")
+        lengths = found["lengths"].numpy()
+        spans = np.zeros((len(inputs), 2), dtype=np.int64)
+        spans[order, 0] = np.cumsum(lengths) - lengths
+        spans[order, 1] = lengths
+        np.save(folder / "tokens.npy", found["tokens"].numpy())
+        np.save(folder / "spans.npy", spans)
+        _check_trunk(backbone, TrunkStates(folder, cut), inputs, snapshot)
+    finally:
+        backbone.train(was_training)
+
+
+@torch.inference_mode()
+def _check_trunk(backbone, states: TrunkStates, inputs: list, snapshot: Snapshot) -> None:
+    """The backbone's own embeddings of a few rows, against those computed from the cached states: an encoder
+    that cannot start at a block (its embeddings module does more than embed) is refused, not trained wrongly."""
+    rows = list(range(min(8, len(inputs))))
+    direct = backbone(backbone.preprocess(snapshot.load_inputs([inputs[i] for i in rows])))
+    batch = states.batch(rows)
+    cached = backbone.from_trunk(batch["states"], batch["attention_mask"], batch["cut"])
+    if not torch.allclose(direct, cached, atol=1e-2, rtol=1e-2):
+        raise HeadsmithError(f"backbone {backbone.pretrained}: the embeddings from its cached trunk differ from its "
+                             f"own (max {float((direct - cached).abs().max()):.3g}); this encoder cannot be split "
+                             "at a block. Set embedding_cache=false to run every block each step")

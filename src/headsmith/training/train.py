@@ -37,7 +37,7 @@ from headsmith.models.registry import resolve_model
 from headsmith.data.snapshot import load_snapshot
 from headsmith.training.base_model import build_from_base, regression_gate
 from headsmith.training.callbacks import EpochSeed
-from headsmith.training.embedding_cache import EmbeddingCache, embed
+from headsmith.training.embedding_cache import EmbeddingCache, TrunkCache, embed
 from headsmith.training.selection import still_improving
 from headsmith.training.solve import fit_rows, solve_heads, solve_warnings
 from headsmith.training.tracking import finish_wandb, log_config, log_outputs
@@ -287,6 +287,9 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     else:
         if net.backbone_frozen and cfg.embedding_cache:
             datamodule.use_features(features_of)
+        elif cfg.embedding_cache and cfg.backbone.mode == "partial" and hasattr(net.backbone, "trunk"):
+            datamodule.use_trunk(functools.partial(TrunkCache(workspace).states, backbone=net.backbone,
+                                                   cut=net.backbone.first_trainable_block()))
         trainer, model, csv_history = _fit_by_training(cfg, net, base, kept, datamodule, resume_from, extra_callbacks)
         parts.update(trainer=trainer, model=model)
         if not trainer.is_global_zero:
