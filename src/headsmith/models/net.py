@@ -74,18 +74,15 @@ class MultiHeadNet(nn.Module):
         first trainable one; a base model distilling on the same batch shares the frozen blocks before it)."""
         if "features" in inputs:
             features = inputs["features"]
-        elif "states" in inputs:
-            if self.training:
-                rest_frozen_parts(self.backbone)
-            features = self.backbone.from_trunk(inputs["states"], inputs["attention_mask"], inputs["cut"])
-        elif self.backbone_frozen:
-            self.backbone.eval()  # Lightning restores saved module modes; a frozen backbone never uses dropout
-            with torch.no_grad():
-                features = self.backbone(inputs)
         else:
-            if self.training:
-                rest_frozen_parts(self.backbone)  # as above: frozen blocks never use dropout
-            features = self.backbone(inputs)
+            rest_frozen_parts(self.backbone)  # Lightning restores saved module modes; frozen parts never use dropout
+            if "states" in inputs:
+                features = self.backbone.from_trunk(inputs["states"], inputs["attention_mask"], inputs["cut"])
+            elif self.backbone_frozen:
+                with torch.no_grad():
+                    features = self.backbone(inputs)
+            else:
+                features = self.backbone(inputs)
         return {name: self.heads[module_key(name)](features) for name in self.classes}
 
     def train(self, mode: bool = True) -> "MultiHeadNet":

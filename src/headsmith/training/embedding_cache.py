@@ -67,21 +67,30 @@ class EmbeddingCache:
         """Embeddings of every row of the snapshot, in the order of `snapshot.frame()`. Processes that ask at once
         (DDP ranks, parallel runs) wait for one of them to compute them."""
         path = self.path(snapshot, backbone)
-        if path.is_file():
-            return load_file(path)["embeddings"]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if path.is_file():  # computed by another process while this one waited
-                return load_file(path)["embeddings"]
+
+        def compute() -> None:
             started = time.monotonic()
             features = embed(backbone, snapshot.frame()["input"].tolist(), load=snapshot.load_inputs,
                              description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
             with atomic_path(path) as tmp:  # readers see the whole file or none
                 save_file({"embeddings": features}, tmp)
-        console.print(f"embedded {len(features)} rows of snapshot '{snapshot.manifest.name}' in "
-                      f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
-        return features
+            console.print(f"embedded {len(features)} rows of snapshot '{snapshot.manifest.name}' in "
+                          f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
+
+        computed_once(path, compute)
+        return load_file(path)["embeddings"]
+
+
+def computed_once(path: Path, compute: Callable[[], None]) -> None:
+    """Makes sure `path` exists: `compute()` writes it whole (readers see all of it or nothing) unless it is there.
+    Processes that ask at once wait for the one that computes it, under a lock file beside it."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():  # else computed by another process while this one waited
+            compute()
 
 
 class TrunkStates:
@@ -122,25 +131,22 @@ class TrunkCache:
         """The states entering block `cut` of every row of the snapshot (see TrunkStates). Processes that ask at once
         wait for one of them to compute them."""
         path = self.path(snapshot, backbone, cut)
-        if path.is_dir():
-            return TrunkStates(path, cut)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if path.is_dir():  # computed by another process while this one waited
-                return TrunkStates(path, cut)
+
+        def compute() -> None:
             started = time.monotonic()
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.folder))
+            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path.parent))
             try:
                 _compute_trunk(snapshot, backbone, cut, staging)
                 os.rename(staging, path)  # readers see the whole folder or none
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        states = TrunkStates(path, cut)
-        console.print(f"cached the token states entering block {cut} of {len(states.lengths)} rows of snapshot "
-                      f"'{snapshot.manifest.name}' ({states.tokens.nbytes / 2**20:.0f} MiB) in "
-                      f"{time.monotonic() - started:.1f} s: {path}", highlight=False)
-        return states
+            states = TrunkStates(path, cut)
+            console.print(f"cached the token states entering block {cut} of {len(states.lengths)} rows of snapshot "
+                          f"'{snapshot.manifest.name}' ({states.tokens.nbytes / 2**20:.0f} MiB) in "
+                          f"{time.monotonic() - started:.1f} s: {path}", highlight=False)
+
+        computed_once(path, compute)
+        return TrunkStates(path, cut)
 
 
 def _compute_trunk(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, folder: Path) -> None:

@@ -352,11 +352,13 @@ class HeadSolver:
 
     def _path(self, space: list[Setting], x: np.ndarray, y: np.ndarray, fit_rows: np.ndarray,
               held: np.ndarray) -> list[tuple[Fit, np.ndarray]]:
-        """Every setting of `space` fit on one split, in order (each linear fit starts from the previous one):
-        the fits and their probabilities of the split's held-out rows."""
+        """Every setting of `space` (all linear, or all MLP) fit on one split, in order (each linear fit starts
+        from the previous one): the fits and their probabilities of the split's held-out rows."""
         if not space:
             return []
-        x_fit, y_fit, x_held, shared = np.asfortranarray(x[fit_rows], np.float64), y[fit_rows], x[held], {}
+        # The linear problem reads float64 columns (one copy per split); the MLP takes the rows as they are
+        x_fit = np.asfortranarray(x[fit_rows], np.float64) if space[0].kind == "linear" else x[fit_rows]
+        y_fit, x_held, shared = y[fit_rows], x[held], {}
         path = []
         for setting in space:
             fit, predict = self._fit(setting, x_fit, y_fit, shared)
