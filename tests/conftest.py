@@ -23,6 +23,9 @@ from headsmith.data.dataset import fetch_media, import_dataset  # noqa: E402
 from headsmith.data.examples import rotten_tomatoes  # noqa: E402
 from headsmith.data.ingest import infer_columns, read_table  # noqa: E402
 from headsmith.data.snapshot import create_snapshot  # noqa: E402
+from headsmith.models.package import load_model  # noqa: E402
+from headsmith.models.registry import register_model, resolve_model  # noqa: E402
+from headsmith.training.train import train  # noqa: E402
 from headsmith.workspace import Workspace  # noqa: E402
 
 HEADSMITH = str(Path(sys.executable).with_name("headsmith"))
@@ -204,3 +207,22 @@ def wandb_records(run_folder: Path) -> list:
             record.ParseFromString(pieces)
             records.append(record)
     return records
+
+
+@pytest.fixture
+def base(compose, reviews_snapshot, workspace, tmp_path):
+    """A base model with two heads (sentiment, long), registered as `base`."""
+    metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base-run'}",
+                               "optimizer.lr=1e-2", "trainer.max_epochs=4"))
+    assert register_model(workspace, tmp_path / "base-run", "base") == ("base", 1)
+    return load_model(resolve_model(workspace, "base"))
+
+
+@pytest.fixture
+def short_snapshot(workspace, reviews_csv, tmp_path):
+    """The same reviews labelled for a new head: `short` (under 80 characters)."""
+    frame = pd.read_csv(reviews_csv)
+    frame["short"] = (frame["text"].str.len() < 80).map({True: "yes", False: "no"})
+    path = tmp_path / "short.csv"
+    frame[["text", "short"]].to_csv(path, index=False)
+    return snapshot_csv(workspace, path, "short", "text", {"short": "short"})

@@ -18,25 +18,6 @@ from conftest import run_cli, snapshot_csv
 TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a movie about a dog and its boy."]
 
 
-@pytest.fixture
-def base(compose, reviews_snapshot, workspace, tmp_path):
-    """A base model with two heads (sentiment, long), registered as `base`."""
-    metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base-run'}",
-                               "optimizer.lr=1e-2", "trainer.max_epochs=4"))
-    assert register_model(workspace, tmp_path / "base-run", "base") == ("base", 1)
-    return load_model(resolve_model(workspace, "base"))
-
-
-@pytest.fixture
-def short_snapshot(workspace, reviews_csv, tmp_path):
-    """The same reviews labelled for a new head: `short` (under 80 characters)."""
-    frame = pd.read_csv(reviews_csv)
-    frame["short"] = (frame["text"].str.len() < 80).map({True: "yes", False: "no"})
-    path = tmp_path / "short.csv"
-    frame[["text", "short"]].to_csv(path, index=False)
-    return snapshot_csv(workspace, path, "short", "text", {"short": "short"})
-
-
 def _scores(model, head):
     return [p[head] for p in model.predict(TEXTS)]
 
@@ -82,11 +63,11 @@ def test_retrain_a_head_starts_from_the_base_and_keeps_the_rest(compose, base, w
 
 
 def test_partial_backbone_distils_kept_heads_and_reports_agreement(compose, base, short_snapshot, tmp_path):
-    """The same partial fine-tuning with distillation on and off: on keeps the kept heads' answers closer to the
-    base model's."""
+    """The same partial fine-tuning of a shared backbone (no branch) with distillation on and off: on keeps the kept
+    heads' answers closer to the base model's."""
     drift = {}
     for weight in (5, 0):
-        metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", "backbone.mode=partial",
+        metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", "backbone.mode=partial", "branch=false",
                                    "backbone.trainable_blocks=1", "trainer.max_epochs=2", f"distillation.weight={weight}",
                                    "optimizer.lr=3e-3", f"paths.output_dir={tmp_path / f'partial-{weight}'}"))
         model = load_model(Path(metrics["model"]))

@@ -89,7 +89,7 @@ def test_selection_mistakes(compose, reviews_snapshot):
 
 def test_backbone_mode_and_split(compose, reviews_snapshot):
     text = _problems(compose, "dataset.snapshot=reviews", "backbone.mode=frozn", "dataset.val_fraction=1.5")
-    assert "backbone.mode=frozn: choose one of frozen, partial, full" in text
+    assert "backbone.mode=frozn: choose one of frozen, partial, lora, full" in text
     assert "dataset.val_fraction=1.5: must be a share between 0 and 1" in text
 
 
@@ -101,8 +101,8 @@ def test_trainable_blocks_are_checked_before_any_weight_loads(compose, reviews_s
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", no_weights)
     text = _problems(compose, "dataset.snapshot=reviews", "backbone.mode=partial", "backbone.trainable_blocks=0")
-    assert ("backbone.trainable_blocks=0: how many of the backbone's last blocks train in partial mode, from 1 "
-            "(backbone.mode=full trains every weight)") in text
+    assert ("backbone.trainable_blocks=0: how many of the backbone's last blocks train in partial or lora mode, "
+            "from 1, or null for the mode's default (backbone.mode=full trains every weight)") in text
     text = _problems(compose, "dataset.snapshot=reviews", "backbone.mode=partial", "backbone.trainable_blocks=3")
     assert f"backbone.trainable_blocks=3: {tiny_backbone} has 2 blocks; choose 1 to 2, or backbone.mode=full" in text
     text = _problems(compose, "dataset.snapshot=reviews", "backbone=minilm", "backbone.mode=partial",

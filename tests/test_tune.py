@@ -89,14 +89,14 @@ def test_tune_mistakes_are_named_before_any_trial(workspace, reviews_snapshot, t
     assert not list(workspace.runs_dir.rglob("trial-*"))
 
 
-def test_tune_searches_backbone_modes_and_trainable_blocks(workspace, reviews_snapshot, tiny):
-    result = Tuner([*tiny, "trainer.max_epochs=1", "tune.trials=4", "backbone.mode=choice(frozen, partial)",
-                    "backbone.trainable_blocks=range(1, 3)"]).run()
+def test_tune_searches_backbone_modes_trainable_blocks_and_lora_rank(workspace, reviews_snapshot, tiny):
+    result = Tuner([*tiny, "trainer.max_epochs=1", "tune.trials=5", "backbone.mode=choice(frozen, partial, lora)",
+                    "backbone.trainable_blocks=range(1, 3)", "backbone.lora.rank=choice(2, 4)"]).run()
     summary = pd.read_csv(result["folder"] / "trials.csv")
     assert summary["objective"].notna().all()
     for _, row in summary.iterrows():  # each trial trained as its row says
         config = OmegaConf.load(result["folder"] / f"trial-{row['trial']:03d}" / "config.yaml")
-        assert (config.backbone.mode, config.backbone.trainable_blocks) == (row["backbone.mode"],
-                                                                            row["backbone.trainable_blocks"])
-    assert set(summary["backbone.mode"]) == {"frozen", "partial"}  # the seeded sampler draws both
+        assert (config.backbone.mode, config.backbone.trainable_blocks, config.backbone.lora.rank) == (
+            row["backbone.mode"], row["backbone.trainable_blocks"], row["backbone.lora.rank"])
+    assert set(summary["backbone.mode"]) == {"frozen", "partial", "lora"}  # the seeded sampler draws each
     assert list((workspace.root / "cache" / "trunks").glob("*-block*"))  # partial trials train on the cached trunk

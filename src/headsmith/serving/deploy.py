@@ -31,6 +31,7 @@ from headsmith.serving.auth import key_hash, new_key, write_key_file
 from headsmith.workspace import Workspace
 
 TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
+TRAINING_ONLY = {"peft", "accelerate"}  # LoRA adapters are merged into plain weights before a model is packaged
 DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 1000, "max_inputs": 64, "max_text_chars": 10_000,
             "allow_urls": False, "max_body_bytes": 32 * 2**20, "max_image_bytes": 20 * 2**20}
 
@@ -87,7 +88,9 @@ def _build_context(folder: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy(bundled("bentofile.yaml"), folder / "bentofile.yaml")
     lock = bundled("requirements.lock")  # every version the tests ran with; torch is installed apart from it
-    (folder / "requirements.txt").write_text(TORCH + (lock.read_text() if lock.exists() else ""))
+    pinned = [line for line in (lock.read_text().splitlines() if lock.exists() else [])
+              if line.split("==")[0].lower() not in TRAINING_ONLY]
+    (folder / "requirements.txt").write_text(TORCH + "".join(f"{line}\n" for line in pinned))
 
 
 def create_deployment(workspace: Workspace, name: str, model_ref: str, **settings) -> dict:

@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.evaluate import evaluate
-from headsmith.models.backbones import set_backbone_mode
+from headsmith.models.backbones import set_backbone_mode, train_blocks, trainable_cut
 from headsmith.models.heads import build_head, head_spec
-from headsmith.models.net import MultiHeadNet, module_key
+from headsmith.models.net import Branch, MultiHeadNet, module_key
 
 ACTIONS = ("retrain", "new", "keep")
 
@@ -49,10 +49,21 @@ def plan_problems(declared: dict, trained: dict[str, list[str]], base: dict[str,
     return problems
 
 
+def branched(cfg: DictConfig, kept: list[str]) -> bool:
+    """Whether the trained heads get a branch of their own (see models/net.py: Branch): by default when the
+    backbone fine-tunes blocks (partial, lora) and the base model has heads to keep exactly as they are."""
+    choice, mode = cfg.get("branch", "auto"), cfg.backbone.mode
+    if mode == "frozen" or not kept:
+        return False  # a frozen backbone already keeps every kept head exact
+    return choice is True or (choice == "auto" and mode in ("partial", "lora"))
+
+
 def build_from_base(cfg: DictConfig, base: MultiHeadNet,
                     trained: dict[str, list[str]]) -> tuple[MultiHeadNet, dict[str, str]]:
     """The base backbone (its weights; mode from cfg.backbone), kept heads frozen, re-trained heads starting from
-    the base head's weights, new heads built from the `head` group. Returns the network and the head plan."""
+    the base head's weights, new heads built from the `head` group. When `branched`, the base backbone stays frozen
+    and the trained heads read a branch: their own copies of the blocks that fine-tune. Kept heads keep the base
+    model's branches. Returns the network and the head plan."""
     declared = OmegaConf.to_container(cfg.heads) if cfg.get("heads") else {}
     plan = plan_heads(declared, trained, base.classes)
     heads, classes, specs = {}, {}, {}
@@ -64,9 +75,26 @@ def build_from_base(cfg: DictConfig, base: MultiHeadNet,
         else:
             heads[head] = copy.deepcopy(base.heads[module_key(head)]).requires_grad_(action == "retrain")
             classes[head], specs[head] = base.classes[head], base.head_specs[head]
+    kept = [h for h, action in plan.items() if action == "keep"]
+    branches = {}
+    for name in base.branch_names:
+        still = [h for h in base.branch(name).heads if h in kept]
+        if still:
+            branches[name] = Branch(copy.deepcopy(list(base.branch(name).blocks)), base.branch(name).cut, still)
     backbone = copy.deepcopy(base.backbone)
-    set_backbone_mode(backbone, cfg.backbone.mode, cfg.backbone.get("trainable_blocks", 2))
-    return MultiHeadNet(backbone, heads, classes, specs), plan
+    mode, blocks = cfg.backbone.mode, cfg.backbone.get("trainable_blocks")
+    lora = OmegaConf.to_container(cfg.backbone.lora, resolve=True) if cfg.backbone.get("lora") else None
+    if branched(cfg, kept):
+        backbone.requires_grad_(False)
+        own = [h for h, action in plan.items() if action != "keep"]
+        name = "+".join(own)
+        while name in branches:
+            name += "'"
+        branches[name] = Branch.copied_from(backbone, trainable_cut(backbone, mode, blocks), own)
+        train_blocks(list(branches[name].blocks), mode, lora, backbone)
+    else:
+        set_backbone_mode(backbone, mode, blocks, lora)
+    return MultiHeadNet(backbone, heads, classes, specs, branches), plan
 
 
 def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Snapshot], heads: list[str],
@@ -82,8 +110,8 @@ def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Sn
             raise HeadsmithError(f"regression_gate.golden: snapshot '{snapshot.manifest.name}' has classes of "
                                  f"{unknown} that the base model does not know")
         features = features_of(snapshot) if features_of else None
-        before = evaluate(base, snapshot, features=features).metrics
-        after = evaluate(candidate, snapshot, features=features).metrics
+        before = evaluate(base, snapshot, features=features if base.reads_embeddings else None).metrics
+        after = evaluate(candidate, snapshot, features=features if candidate.reads_embeddings else None).metrics
         for head in [h for h in heads if h in before]:
             drop = before[head]["f1"] - after[head]["f1"]
             check = {"head": head, "snapshot": snapshot.manifest.name, "base_f1": before[head]["f1"],

@@ -39,6 +39,9 @@ class MultiHeadClassifier(pl.LightningModule):
         # The base model, frozen, outside the module tree: not trained, not saved in checkpoints.
         self._teacher = [teacher.eval()] if teacher is not None else []
         self.kept_heads = list(kept_heads)
+        # What a step computes: the trained heads, and kept ones only when the base model teaches them (a branched
+        # network's kept heads are the base model's and never change).
+        self.step_heads = [h for h in net.classes if h not in self.kept_heads or teacher is not None]
         self.distill_weight = float(distillation.weight) if distillation else 0.0
         self.temperature = float(distillation.temperature) if distillation else 1.0
         self._agree: dict[str, list[int]] = {}  # kept head -> [agreeing rows, rows] this validation epoch
@@ -57,7 +60,7 @@ class MultiHeadClassifier(pl.LightningModule):
         self._epoch_sums: dict[str, dict[str, tuple[torch.Tensor, int]]] = {"train": {}, **{s: {} for s in STAGES}}
 
     def forward(self, inputs):
-        return self.net(inputs)
+        return self.net(inputs, heads=self.step_heads)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         logits = self(batch["inputs"])
@@ -87,7 +90,7 @@ class MultiHeadClassifier(pl.LightningModule):
         also how often the two agree on the top class."""
         teacher = self._teacher[0].to(self.device)
         with torch.no_grad():
-            target = teacher(inputs)
+            target = teacher(inputs, heads=self.kept_heads)
         t = self.temperature
         terms = []
         for head in self.kept_heads:

@@ -30,6 +30,7 @@ from headsmith.evaluation.report import console, print_error, print_metrics, pri
 from headsmith.evaluation.thresholds import choose_thresholds
 from headsmith.files import atomic_path, write_atomic
 from headsmith.models.heads import build_head, head_spec
+from headsmith.models.lora import merge_lora
 from headsmith.training.module import MultiHeadClassifier
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
@@ -200,6 +201,18 @@ def _fit_by_training(cfg: DictConfig, net: MultiHeadNet, base: MultiHeadNet | No
     return trainer, model, csv_history
 
 
+def _trunk_cut(net: MultiHeadNet, kept: list[str]) -> int | None:
+    """Where cached token states can enter the network for every head a training step computes: the trained heads'
+    branch, or the backbone's first trainable block; None when some head would need another cut."""
+    trained = [h for h in net.classes if h not in kept]
+    own = {net.branch_of.get(h) for h in trained}
+    if len(own) != 1:
+        return None
+    cut = net.branch(own.pop()).cut if None not in own else net.backbone.first_trainable_block()
+    distilled = [] if net.backbone_frozen else kept  # kept heads run only when the base model teaches them
+    return cut if all(net.branch(net.branch_of[h]).cut == cut for h in distilled if h in net.branch_of) else None
+
+
 def _solve(cfg: DictConfig, net: MultiHeadNet, plan: dict[str, str], datamodule, features: torch.Tensor,
            output_dir: Path) -> tuple[Evaluation, dict, dict]:
     """Every trained head solved on the frozen backbone's embeddings, its setting chosen by cross-validation (see
@@ -253,7 +266,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     else:
         net, plan = build_net(cfg, backbone, datamodule.classes), {h: "new" for h in datamodule.classes}
     kept = [h for h, action in plan.items() if action == "keep"]
-    solved = net.backbone_frozen and cfg.fit.method == "solve"
+    solved = net.reads_embeddings and cfg.fit.method == "solve"
     if not solved:
         _check_rows_per_process(cfg.trainer, datamodule.split_sizes())
 
@@ -263,7 +276,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     if cfg.backbone.mode != "full":
         # Frozen parts stay in eval mode on purpose (no dropout): Lightning's warning about them is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    if net.backbone_frozen:
+    if net.reads_embeddings:
         if cfg.embedding_cache:
             features_of = functools.partial(EmbeddingCache(workspace).features, backbone=net.backbone)
         elif solved:  # a solve needs every row's embedding at once: computed here, kept in memory only
@@ -285,12 +298,14 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
             logger.save()
         epochs_trained = None
     else:
-        if net.backbone_frozen and cfg.embedding_cache:
+        if net.reads_embeddings and cfg.embedding_cache:
             datamodule.use_features(features_of)
-        elif cfg.embedding_cache and cfg.backbone.mode == "partial" and hasattr(net.backbone, "trunk"):
-            datamodule.use_trunk(functools.partial(TrunkCache(workspace).states, backbone=net.backbone,
-                                                   cut=net.backbone.first_trainable_block()))
+        elif cfg.embedding_cache and cfg.backbone.mode in ("partial", "lora") and hasattr(net.backbone, "trunk"):
+            cut = _trunk_cut(net, kept)
+            if cut is not None:
+                datamodule.use_trunk(functools.partial(TrunkCache(workspace).states, backbone=net.backbone, cut=cut))
         trainer, model, csv_history = _fit_by_training(cfg, net, base, kept, datamodule, resume_from, extra_callbacks)
+        merge_lora(net)  # the adapters folded into plain weights: what is evaluated is what is packaged
         parts.update(trainer=trainer, model=model)
         if not trainer.is_global_zero:
             return {}, parts  # the other DDP ranks are done: what follows runs once, on rank 0

@@ -14,7 +14,9 @@ from headsmith.data.datamodule import snapshot_differences
 from headsmith.data.snapshot import load_snapshot
 from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.evaluation.thresholds import class_problems, policy_problems
-from headsmith.models.backbones import BACKBONE_MODES, resolve_pretrained, text_block_count, trainable_blocks_problem
+from headsmith.models.backbones import (BACKBONE_KINDS, BACKBONE_MODES, TextBackbone, family, resolve_pretrained,
+                                        text_block_count, trainable_blocks_problem, trainable_count)
+from headsmith.models.lora import lora_problems
 from headsmith.models.heads import HEADS
 from headsmith.models.package import BACKBONE_DIR, read_meta
 from headsmith.models.registry import resolve_model
@@ -23,8 +25,8 @@ from headsmith.training.selection import selection_problems
 from headsmith.workspace import Workspace
 
 TOP_LEVEL = {"dataset", "backbone", "head", "fit", "optimizer", "scheduler", "selection", "trainer", "logger",
-             "callbacks", "paths", "name", "seed", "class_weights", "embedding_cache", "base_model", "heads", "distillation", "regression_gate", "thresholds", "resume",
-             "tune"}
+             "callbacks", "paths", "name", "seed", "class_weights", "embedding_cache", "base_model", "heads", "branch",
+             "distillation", "regression_gate", "thresholds", "resume", "tune"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
     "dataset": {"workspace", "preprocess"},
@@ -122,8 +124,15 @@ def static_problems(cfg: DictConfig) -> list[str]:
                 problems += target_problems(f"{group}.{name}", node, RUNTIME_ARGS.get(group, set()))
     if cfg.backbone.get("mode") not in BACKBONE_MODES:
         problems.append(f"backbone.mode={cfg.backbone.get('mode')}: choose one of {', '.join(BACKBONE_MODES)}")
-    elif cfg.backbone.mode == "partial":
+    elif cfg.backbone.mode in ("partial", "lora"):
         problems += block_problems(cfg)
+        if cfg.backbone.mode == "lora" and not cfg.get("base_model"):
+            problems += adapter_problems(cfg)
+    if cfg.get("branch", "auto") not in ("auto", True, False):
+        problems.append(f"branch={cfg.get('branch')}: choose auto, true or false")
+    elif cfg.get("branch") is True and not cfg.get("base_model"):
+        problems.append("branch=true: a branch keeps a base model's other heads exactly as they are; set base_model, "
+                        "or branch=auto")
     solved = cfg.backbone.get("mode") == "frozen" and (cfg.get("fit") or {}).get("method") == "solve"
     if cfg.backbone.get("augment") and solved:
         problems.append("backbone.augment: a solved head (frozen backbone, fit=solve) is fit on each image's one "
@@ -178,6 +187,48 @@ def block_problems(cfg: DictConfig, workspace: Workspace | None = None) -> list[
         return []  # a backbone or base model that cannot be read is reported by its own check, with the fix
     problem = trainable_blocks_problem(blocks, count, name)
     return [problem] if problem else []
+
+
+def adapter_problems(cfg: DictConfig, workspace: Workspace | None = None) -> list[str]:
+    """`backbone.lora` for lora mode: rank, alpha, dropout, and target layers that exist in the blocks that get
+    adapters. The architecture is built without its weights (transformers: on the meta device); with `workspace`,
+    the base model's."""
+    lora = _plain(cfg.backbone.get("lora"))
+    try:
+        backbone, name = _architecture(cfg, workspace)
+    except (HeadsmithError, OSError, ValueError, KeyError, TypeError):
+        return lora_problems(lora, None, None, cfg.backbone.get("pretrained"))  # its own check names the backbone
+    blocks, wanted = backbone.blocks(), cfg.backbone.get("trainable_blocks")
+    if trainable_blocks_problem(wanted, len(blocks), name):
+        blocks = None  # reported by block_problems
+    else:
+        blocks = blocks[len(blocks) - trainable_count("lora", wanted, len(blocks)):]
+    return lora_problems(lora, family(backbone), blocks, name)
+
+
+def _architecture(cfg: DictConfig, workspace: Workspace | None):
+    """The backbone a config trains (the base model's, with `workspace`), without weights, and its name."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    if workspace is not None:
+        folder = resolve_model(workspace, cfg.base_model)
+        spec = read_meta(folder)["backbone"]
+        name = f"base_model {cfg.base_model}'s backbone ({spec['pretrained']})"
+        if spec["kind"] != "text":
+            return BACKBONE_KINDS[spec["kind"]].from_files(folder / BACKBONE_DIR, spec), name
+        source = folder / BACKBONE_DIR
+    else:
+        name = cfg.backbone.get("pretrained")
+        if not str(cfg.backbone.get("_target_")).endswith(".text_backbone"):
+            from headsmith.models.backbones import ImageBackbone, _image_network
+
+            return ImageBackbone(_image_network(name, None, load_weights=False), pretrained=name), name
+        source = resolve_pretrained(name)
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(source, trust_remote_code=False),
+                                        trust_remote_code=False)
+    return TextBackbone(encoder, None, pretrained=name, max_tokens=1), name
 
 
 def fit_problems(fit) -> list[str]:
@@ -241,8 +292,10 @@ def data_problems(cfg: DictConfig, workspace: Workspace) -> list[str]:
         except HeadsmithError as e:
             return problems + [f"base_model: {e}"]
         problems += plan_problems(cfg.get("heads") or {}, trained, {h: v["classes"] for h, v in meta["heads"].items()})
-        if cfg.backbone.get("mode") == "partial":
+        if cfg.backbone.get("mode") in ("partial", "lora"):
             problems += block_problems(cfg, workspace)
+        if cfg.backbone.get("mode") == "lora":
+            problems += adapter_problems(cfg, workspace)
         kind = "image" if snapshot.manifest.type == "image-classification" else "text"
         if meta["backbone"]["kind"] != kind:
             problems.append(f"base_model: its backbone reads {meta['backbone']['kind']}, but snapshot "
