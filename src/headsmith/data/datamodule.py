@@ -161,7 +161,8 @@ class SnapshotDataModule(pl.LightningDataModule):
                          for part, rows in self.splits.items()}
 
     def use_trunk(self, trunk_of: Callable[[Snapshot], object]) -> None:
-        """Serve cached token states (`trunk_of(snapshot).batch(positions)`) instead of raw inputs."""
+        """Serve the cached trunk (`trunk_of(snapshot).batch(positions)`: token states or feature maps) instead of
+        raw inputs."""
         sources = {"train": self.snapshot, "val": self.snapshot, "test": self.test_snapshot or self.snapshot}
         self.trunks = {part: trunk_of(source) for part, source in sources.items()}
 
@@ -182,7 +183,7 @@ class SnapshotDataModule(pl.LightningDataModule):
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
         collate = functools.partial(self._collate, part=part)
-        if part == "train" and self.trunks:  # cached token states: batches of similar length
+        if part == "train" and self.trunks:  # a cached trunk: batches of similar length
             lengths = self.trunks[part].lengths[self.splits[part]["position"].to_numpy()]
             return DataLoader(rows, batch_sampler=LengthBuckets(lengths, self.batch_size, self.seed, rank, world),
                               num_workers=self.num_workers, collate_fn=collate)

@@ -48,6 +48,27 @@ class _Reached(Exception):
         self.states = states
 
 
+class _Skip(nn.Module):
+    """Stands in for a block before the cut (the cached states replace what it would compute): passes on its input."""
+
+    def forward(self, *args, **kwargs):
+        return args[0] if args else next(iter(kwargs.values()))
+
+
+class _Resume(nn.Module):
+    """The first block after the cut, handed the cached `states` in place of whatever reaches it. Made for one call:
+    it holds that call's states."""
+
+    def __init__(self, states: torch.Tensor, block: nn.Module):
+        super().__init__()
+        self.states, self.block = states, block
+
+    def forward(self, *args, **kwargs):
+        if args:
+            return self.block(self.states, *args[1:], **kwargs)
+        return self.block(**{**kwargs, "hidden_states": self.states})
+
+
 class _Stop(nn.Module):
     """Stands in for the block where a trunk ends: hands back the token states that reach it (and stops there)."""
 
@@ -95,6 +116,22 @@ class Blocks:
         return _rewired(self, path, nn.Sequential(*kept) if isinstance(container, nn.Sequential)
                         else nn.ModuleList(kept))
 
+    def trunk_state(self, cut: int) -> dict[str, torch.Tensor]:
+        """The weights `trunk(inputs, cut)` depends on: all but those of blocks `cut` onward (which may train)."""
+        path, blocks = self._block_list()
+        later = tuple(f"{path}.{i}." for i in range(cut, len(blocks)))
+        return {key: value for key, value in self.state_dict().items() if not key.startswith(later)}
+
+    def trunk(self, inputs: dict[str, torch.Tensor], cut: int) -> torch.Tensor:
+        """What enters block `cut` (text: token states, 0 being the embeddings' output; images: feature maps); only
+        the parts before the cut run."""
+        try:
+            self.with_blocks(cut, [_Stop()])(inputs)
+        except _Reached as reached:
+            return reached.states
+        raise HeadsmithError(f"{self.pretrained}: its forward never ran block {cut}; it cannot start at a block "
+                             "(set embedding_cache=false, or branch=false)")
+
     def features(self, inputs: dict[str, torch.Tensor], branches: list, shared: bool) -> tuple:
         """The shared embedding (when `shared`) and each branch's, from one preprocessed batch; a branch is any
         object with `cut` and `blocks`. Here each branch runs the whole backbone with its own blocks; a text
@@ -139,23 +176,6 @@ class TextBackbone(Blocks, nn.Module):
             if isinstance(module, nn.ModuleList) and len(module) > 0:
                 return f"encoder.{name}", module
         raise HeadsmithError(f"cannot find the transformer blocks of {self.pretrained} for backbone.mode=partial")
-
-    def trunk_state(self, cut: int) -> dict[str, torch.Tensor]:
-        """The weights `trunk(inputs, cut)` depends on: all but those of blocks `cut` onward (which may train)."""
-        path, blocks = self._block_list()
-        later = tuple(f"{path}.{i}." for i in range(cut, len(blocks)))
-        return {key: value for key, value in self.state_dict().items() if not key.startswith(later)}
-
-    def trunk(self, inputs: dict[str, torch.Tensor], cut: int) -> torch.Tensor:
-        """The token states that enter block `cut` (0: the embeddings' output), one row per token; only the
-        blocks before the cut run."""
-        try:
-            self.with_blocks(cut, [_Stop()]).encoder(input_ids=inputs["input_ids"],
-                                                     attention_mask=inputs["attention_mask"])
-        except _Reached as reached:
-            return reached.states
-        raise HeadsmithError(f"{self.pretrained}: its encoder never ran block {cut}; it cannot start at a block "
-                             "(set embedding_cache=false, or branch=false)")
 
     def from_trunk(self, states: torch.Tensor, attention_mask: torch.Tensor, cut: int,
                    blocks: list[nn.Module] | None = None) -> torch.Tensor:
@@ -496,6 +516,17 @@ class ImageBackbone(Blocks, nn.Module):
             if isinstance(getattr(self.network, name, None), nn.Sequential):
                 return f"network.{name}", getattr(self.network, name)
         raise HeadsmithError(f"cannot find the blocks of {self.pretrained} for backbone.mode=partial")
+
+    def from_trunk(self, states: torch.Tensor, attention_mask: torch.Tensor | None, cut: int,
+                   blocks: list[nn.Module] | None = None) -> torch.Tensor:
+        """The embedding `forward` gives, from the feature maps `trunk` gave: blocks `cut` onward run (or `blocks`,
+        a branch's copies of them) on the maps; the blocks before it are skipped (every block keeps its place, so
+        depth-dependent settings such as drop-connect rates stay as they are) and the stem sees blank pixels."""
+        rest = self.blocks()[cut:] if blocks is None else list(blocks)
+        dtype = next(self.network.parameters()).dtype
+        stand_ins = [*(_Skip() for _ in range(cut)), _Resume(states.to(dtype), rest[0]), *rest[1:]]
+        pixels = torch.zeros(len(states), 3, self.image_size, self.image_size, dtype=dtype, device=states.device)
+        return self.with_blocks(0, stand_ins)({"pixels": pixels})
 
     def spec(self) -> dict:
         return {"kind": self.kind, "pretrained": self.pretrained, "image_size": self.image_size,

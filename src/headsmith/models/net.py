@@ -108,9 +108,9 @@ class MultiHeadNet(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor], heads: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Logits of `heads` (all by default). `inputs` is a preprocessed batch, `{"features": ...}` holding the
-        frozen backbone's embeddings, or `{"states", "attention_mask", "cut"}` holding the token states that enter
-        block `cut` of its backbone (the first trainable one, or the branch's cut). Only the branches the asked
-        heads read run."""
+        frozen backbone's embeddings, or `{"states", "cut"}` holding what enters block `cut` of its backbone (the
+        first trainable one, or the branch's): token states with their `attention_mask`, or an image backbone's
+        feature maps. Only the branches the asked heads read run."""
         heads = list(self.classes) if heads is None else list(heads)
         wanted = list(dict.fromkeys(self.branch_of.get(h) for h in heads))
         features = self._features(inputs, [name for name in wanted if name is not None], None in wanted)
@@ -125,7 +125,7 @@ class MultiHeadNet(nn.Module):
         for part in (self.backbone, *self.branches.values()):
             rest_frozen_parts(part)  # Lightning restores saved module modes; frozen parts never use dropout
         if "states" in inputs:
-            states, mask, cut = inputs["states"], inputs["attention_mask"], inputs["cut"]
+            states, mask, cut = inputs["states"], inputs.get("attention_mask"), inputs["cut"]
             out = {None: self.backbone.from_trunk(states, mask, cut)} if shared else {}
             for name in branches:
                 branch = self.branch(name)

@@ -1,9 +1,9 @@
 """What the frozen part of a backbone computes, once per (snapshot, backbone, preprocessing), kept in the workspace.
 
 With a frozen backbone the forward pass over the data is the only real cost of training; every epoch and every
-later run on the same snapshot reads the stored embeddings instead. With a partially trainable text backbone the
-token states that enter the first trainable block are kept the same way (the trunk), so each step runs only the
-trainable blocks and the heads."""
+later run on the same snapshot reads the stored embeddings instead. With a partially trainable backbone what enters
+the first trainable block (a text backbone's token states, an image backbone's feature maps) is kept the same way
+(the trunk), so each step runs only the trainable blocks and the heads."""
 
 from __future__ import annotations
 
@@ -116,6 +116,23 @@ class TrunkStates:
         return {"states": states, "attention_mask": mask, "cut": self.cut}
 
 
+class TrunkMaps:
+    """The feature maps that enter an image backbone's first trainable block, every row of a snapshot: float16, read
+    from a memory-mapped file (only the rows of a batch are read)."""
+
+    def __init__(self, folder: Path, cut: int):
+        self.cut = cut
+        self.maps = np.load(folder / "maps.npy", mmap_mode="r")  # rows x channels x height x width
+        self.lengths = np.ones(len(self.maps), dtype=np.int64)  # every row the same size: no buckets needed
+
+    def batch(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        return {"states": torch.from_numpy(np.array(self.maps[positions])), "cut": self.cut}
+
+
+def _read_trunk(folder: Path, cut: int) -> TrunkStates | TrunkMaps:
+    return TrunkMaps(folder, cut) if (folder / "maps.npy").exists() else TrunkStates(folder, cut)
+
+
 class TrunkCache:
     def __init__(self, workspace: Workspace):
         self.folder = workspace.root / "cache" / "trunks"
@@ -127,9 +144,9 @@ class TrunkCache:
             self._ids[id(backbone), cut] = backbone_id(backbone, backbone.trunk_state(cut))
         return self.folder / f"{snapshot.manifest.sha256[:16]}-{self._ids[id(backbone), cut][:16]}-block{cut}"
 
-    def states(self, snapshot: Snapshot, backbone: torch.nn.Module, cut: int) -> TrunkStates:
-        """The states entering block `cut` of every row of the snapshot (see TrunkStates). Processes that ask at once
-        wait for one of them to compute them."""
+    def states(self, snapshot: Snapshot, backbone: torch.nn.Module, cut: int) -> TrunkStates | TrunkMaps:
+        """What enters block `cut` for every row of the snapshot: token states (TrunkStates) or feature maps
+        (TrunkMaps). Processes that ask at once wait for one of them to compute them."""
         path = self.path(snapshot, backbone, cut)
 
         def compute() -> None:
@@ -140,17 +157,21 @@ class TrunkCache:
                 os.rename(staging, path)  # readers see the whole folder or none
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-            states = TrunkStates(path, cut)
-            console.print(f"cached the token states entering block {cut} of {len(states.lengths)} rows of snapshot "
-                          f"'{snapshot.manifest.name}' ({states.tokens.nbytes / 2**20:.0f} MiB) in "
-                          f"{time.monotonic() - started:.1f} s: {path}", highlight=False)
+            states = _read_trunk(path, cut)
+            what = "feature maps" if isinstance(states, TrunkMaps) else "token states"
+            size = sum(f.stat().st_size for f in path.iterdir())
+            console.print(f"cached the {what} entering block {cut} of {len(states.lengths)} rows of snapshot "
+                          f"'{snapshot.manifest.name}' ({size / 2**20:.0f} MiB) in {time.monotonic() - started:.1f} "
+                          f"s: {path}", highlight=False)
 
         computed_once(path, compute)
-        return TrunkStates(path, cut)
+        return _read_trunk(path, cut)
 
 
 def _compute_trunk(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, folder: Path) -> None:
     inputs = snapshot.frame()["input"].tolist()
+    if backbone.kind == "image":
+        return _compute_maps(snapshot, backbone, cut, folder, inputs)
     order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))  # batches of similar length: little padding
 
     def real_tokens(batch: list) -> dict[str, torch.Tensor]:
@@ -174,14 +195,28 @@ def _compute_trunk(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, fold
         backbone.train(was_training)
 
 
+def _compute_maps(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, folder: Path, inputs: list) -> None:
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        found = batched(lambda batch: {"maps": backbone.trunk(backbone.preprocess(snapshot.load_inputs(batch)),
+                                                              cut).half()},
+                        inputs, 64, f"caching the trunk of snapshot '{snapshot.manifest.name}' (once)")
+        np.save(folder / "maps.npy", found["maps"].numpy())
+        _check_trunk(backbone, TrunkMaps(folder, cut), inputs, snapshot)
+    finally:
+        backbone.train(was_training)
+
+
 @torch.inference_mode()
-def _check_trunk(backbone, states: TrunkStates, inputs: list, snapshot: Snapshot) -> None:
-    """The backbone's own embeddings of a few rows, against those computed from the cached states: an encoder
-    that cannot start at a block (its embeddings module does more than embed) is refused, not trained wrongly."""
+def _check_trunk(backbone, states: TrunkStates | TrunkMaps, inputs: list, snapshot: Snapshot) -> None:
+    """The backbone's own embeddings of a few rows, against those computed from the cached states: a backbone
+    that cannot start at a block (an encoder's embeddings module that does more than embed; a network whose
+    forward does more between its blocks than run them in turn) is refused, not trained wrongly."""
     rows = list(range(min(8, len(inputs))))
     direct = backbone(backbone.preprocess(snapshot.load_inputs([inputs[i] for i in rows])))
     batch = states.batch(rows)
-    cached = backbone.from_trunk(batch["states"], batch["attention_mask"], batch["cut"])
+    cached = backbone.from_trunk(batch["states"], batch.get("attention_mask"), batch["cut"])
     if not torch.allclose(direct, cached, atol=1e-2, rtol=1e-2):
         raise HeadsmithError(f"backbone {backbone.pretrained}: the embeddings from its cached trunk differ from its "
                              f"own (max {float((direct - cached).abs().max()):.3g}); this encoder cannot be split "

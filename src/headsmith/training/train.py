@@ -300,7 +300,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     else:
         if net.reads_embeddings and cfg.embedding_cache:
             datamodule.use_features(features_of)
-        elif cfg.embedding_cache and cfg.backbone.mode in ("partial", "lora") and hasattr(net.backbone, "trunk"):
+        elif cfg.embedding_cache and cfg.backbone.mode in ("partial", "lora"):
             cut = _trunk_cut(net, kept)
             if cut is not None:
                 datamodule.use_trunk(functools.partial(TrunkCache(workspace).states, backbone=net.backbone, cut=cut))

@@ -142,6 +142,12 @@ def static_problems(cfg: DictConfig) -> list[str]:
         problems.append("backbone.augment: a frozen backbone with embedding_cache=true embeds each image once, so "
                         "augmentations would never be seen; set embedding_cache=false (slower: the backbone runs every "
                         "step) or backbone.augment=[]")
+    if (cfg.backbone.get("augment") and cfg.backbone.get("mode") in ("partial", "lora")
+            and cfg.get("embedding_cache") is True):
+        problems.append(f"backbone.augment: with embedding_cache=true, {cfg.backbone.mode} mode trains on the cached "
+                        "trunk (each image's feature maps before the first trainable block, computed once), so "
+                        "augmentations would never be seen; set embedding_cache=false (slower: every block runs "
+                        "every step) or backbone.augment=[]")
     target = cfg.get("head", {}).get("_target_")
     if not auto_head and target is not None and target not in HEADS:
         problems.append(f"head._target_={target}: a model package holds only heads it can rebuild without running "
