@@ -80,6 +80,15 @@ def test_a_branched_model_as_base_keeps_its_branches_for_kept_heads(compose, bas
     ours, theirs = after.scores(TEXTS), before.scores(TEXTS)
     assert torch.equal(ours["short"], theirs["short"]) and torch.equal(ours["long"], theirs["long"])
     assert not torch.equal(ours["sentiment"], theirs["sentiment"])
+    # Third: `long` re-solved on the frozen shared backbone's cached embeddings; both branches kept as they were.
+    register_model(workspace, Path(second["model"]), "twice")
+    third, _ = train(compose("dataset.snapshot=reviews", "dataset.heads=[long]", "base_model=twice",
+                             f"paths.output_dir={tmp_path / 'third'}"))
+    assert third["fit"]["method"] == "solve"
+    last = load_model(Path(third["model"]))
+    assert last.meta["branches"] == after.meta["branches"]
+    final = last.scores(TEXTS)
+    assert torch.equal(final["short"], ours["short"]) and torch.equal(final["sentiment"], ours["sentiment"])
 
 
 def test_lora_trains_adapters_and_packages_plain_weights_that_load_without_peft(compose, reviews_snapshot,

@@ -70,7 +70,7 @@ class _Resume(nn.Module):
 
 
 class _Stop(nn.Module):
-    """Stands in for the block where a trunk ends: hands back the token states that reach it (and stops there)."""
+    """Stands in for the block where a trunk ends: hands back what reaches it (and stops the forward there)."""
 
     def forward(self, *args, **kwargs):
         raise _Reached(args[0] if args else kwargs["hidden_states"])
@@ -276,17 +276,15 @@ def family(backbone: nn.Module) -> str | None:
 
 
 def set_backbone_mode(backbone: nn.Module, mode: str, trainable_blocks: int | None = None,
-                      lora: dict | None = None) -> int | None:
+                      lora: dict | None = None) -> None:
     """frozen: nothing trains; partial: the last `trainable_blocks` blocks; lora: adapters on them (see lora.py);
-    full: everything. Returns the first block that trains (None when none does)."""
+    full: everything."""
     if mode not in BACKBONE_MODES:
         raise HeadsmithError(f"backbone.mode={mode}: choose one of {', '.join(BACKBONE_MODES)}")
     backbone.requires_grad_(mode == "full")
-    if mode in ("frozen", "full"):
-        return None if mode == "frozen" else 0
-    cut = trainable_cut(backbone, mode, trainable_blocks)
-    train_blocks(backbone.blocks()[cut:], mode, lora, backbone)
-    return cut
+    if mode in ("partial", "lora"):
+        cut = trainable_cut(backbone, mode, trainable_blocks)
+        train_blocks(backbone.blocks()[cut:], mode, lora, backbone)
 
 
 def trainable_cut(backbone: nn.Module, mode: str, trainable_blocks: int | None) -> int:

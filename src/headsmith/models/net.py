@@ -134,10 +134,10 @@ class MultiHeadNet(nn.Module):
                                      f"{branch.cut} (set embedding_cache=false)")
                 out[name] = self.backbone.from_trunk(states, mask, cut, list(branch.blocks))
             return out
-        with torch.no_grad() if self.backbone_frozen and not branches else contextlib.nullcontext():
-            if not branches:
+        if not branches:
+            with torch.no_grad() if self.backbone_frozen else contextlib.nullcontext():
                 return {None: self.backbone(inputs)}
-            pooled, own = self.backbone.features(inputs, [self.branch(name) for name in branches], shared)
+        pooled, own = self.backbone.features(inputs, [self.branch(name) for name in branches], shared)
         return {None: pooled, **dict(zip(branches, own))}
 
     def train(self, mode: bool = True) -> "MultiHeadNet":

@@ -202,7 +202,7 @@ def _fit_by_training(cfg: DictConfig, net: MultiHeadNet, base: MultiHeadNet | No
 
 
 def _trunk_cut(net: MultiHeadNet, kept: list[str]) -> int | None:
-    """Where cached token states can enter the network for every head a training step computes: the trained heads'
+    """Where a cached trunk can enter the network for every head a training step computes: the trained heads'
     branch, or the backbone's first trainable block; None when some head would need another cut."""
     trained = [h for h in net.classes if h not in kept]
     own = {net.branch_of.get(h) for h in trained}
@@ -226,7 +226,7 @@ def _solve(cfg: DictConfig, net: MultiHeadNet, plan: dict[str, str], datamodule,
         solutions, held = solve_heads(net, plan, rows, features.numpy(), cfg.fit,
                                       OmegaConf.to_container(cfg.head, resolve=True), cfg.selection,
                                       balanced=cfg.class_weights == "balanced", seed=cfg.seed)
-    scores = score_rows(net, datamodule.snapshot, held, features)
+    scores = score_rows(net, datamodule.snapshot, held, features if net.reads_embeddings else None)
     for head, solution in solutions.items():  # each head's answers on the rows it was not fit on
         scores[head][solution.held_out_rows] = solution.held_out
     val = Evaluation(net, datamodule.snapshot, held, scores, model={}, split="val")
@@ -266,22 +266,25 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     else:
         net, plan = build_net(cfg, backbone, datamodule.classes), {h: "new" for h in datamodule.classes}
     kept = [h for h, action in plan.items() if action == "keep"]
-    solved = net.reads_embeddings and cfg.fit.method == "solve"
+    # Trained heads on the frozen shared backbone learn from its embeddings, whatever branches kept heads read.
+    on_embeddings = net.backbone_frozen and not any(h in net.branch_of for h in plan if h not in kept)
+    solved = on_embeddings and cfg.fit.method == "solve"
     if not solved:
         _check_rows_per_process(cfg.trainer, datamodule.split_sizes())
 
-    def features_of(snapshot):  # the frozen backbone's embeddings of all the snapshot's rows, if known
-        return None
+    embeddings_of = None  # the frozen backbone's embeddings of all a snapshot's rows
+    if on_embeddings and cfg.embedding_cache:
+        embeddings_of = functools.partial(EmbeddingCache(workspace).features, backbone=net.backbone)
+    elif solved:  # a solve needs every row's embedding at once: computed here, kept in memory only
+        embeddings_of = functools.cache(lambda snapshot: embed(net.backbone, snapshot.frame()["input"].tolist(),
+                                                               load=snapshot.load_inputs))
+
+    def features_of(snapshot):  # embeddings that stand in for the backbone for every head, if there are
+        return embeddings_of(snapshot) if embeddings_of and net.reads_embeddings else None
 
     if cfg.backbone.mode != "full":
         # Frozen parts stay in eval mode on purpose (no dropout): Lightning's warning about them is expected.
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    if net.reads_embeddings:
-        if cfg.embedding_cache:
-            features_of = functools.partial(EmbeddingCache(workspace).features, backbone=net.backbone)
-        elif solved:  # a solve needs every row's embedding at once: computed here, kept in memory only
-            features_of = functools.cache(lambda snapshot: embed(net.backbone, snapshot.frame()["input"].tolist(),
-                                                                 load=snapshot.load_inputs))
     parts = {"net": net, "datamodule": datamodule}
     csv_history = {}
     if solved:
@@ -289,7 +292,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
             return {}, parts  # torchrun's other ranks: a solved head is fit once, on rank 0
         loggers = _instantiate_all(cfg.get("logger"))
         log_config(loggers, cfg)
-        val, selection, fit = _solve(cfg, net, plan, datamodule, features_of(datamodule.snapshot), output_dir)
+        val, selection, fit = _solve(cfg, net, plan, datamodule, embeddings_of(datamodule.snapshot), output_dir)
         logged = mean_over_heads("val", val.metrics)
         for head, summary in val.metrics.items():
             logged.update(flatten("val", head, summary))
@@ -298,8 +301,8 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
             logger.save()
         epochs_trained = None
     else:
-        if net.reads_embeddings and cfg.embedding_cache:
-            datamodule.use_features(features_of)
+        if on_embeddings and cfg.embedding_cache:
+            datamodule.use_features(embeddings_of)
         elif cfg.embedding_cache and cfg.backbone.mode in ("partial", "lora"):
             cut = _trunk_cut(net, kept)
             if cut is not None:
