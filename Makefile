@@ -1,5 +1,5 @@
 # `make demo`: set up .venv and run the main job; `make test`: set up .venv and run the tests. Both are re-runnable.
-# `make demo-best`: the main job with the best backbone mode (about 7 minutes after setup on a 2-core CPU).
+# `make demo-best`: the main job with the best backbone mode (5 to 7 minutes after setup on a 2-core CPU).
 PYTHON ?= python3.11
 VENV := .venv
 HS := $(VENV)/bin/headsmith
