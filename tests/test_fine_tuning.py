@@ -181,7 +181,8 @@ def test_fine_tuning_mistakes_are_refused_before_any_weight_loads(compose, revie
     text = problems("dataset.snapshot=reviews", "backbone=efficientnet_lite0", "backbone.mode=lora", "branch=maybe",
                     fast=False)
     assert ("backbone.mode=lora: efficientnet-lite0 is not a transformers model, for which peft has no default "
-            "adapter targets; name the layers in backbone.lora.targets") in text
+            "adapter targets (it has them for BERT-like text encoders: MiniLM, BERT, RoBERTa, XLM-R, DeBERTa); "
+            "name the layers in backbone.lora.targets") in text
     assert "branch=maybe: choose auto, true or false" in text
 
 

@@ -14,7 +14,7 @@ ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)  # the layer types peft's LoRA wra
 
 def default_targets(family: str | None) -> list[str] | None:
     """peft's own choice for a transformers model type (the attention projections: query and value for BERT-like
-    encoders and ViT); None when peft has none."""
+    encoders); None when peft has none."""
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
     return list(defaults[family]) if family in defaults else None
@@ -41,8 +41,9 @@ def lora_problems(lora, family: str | None, blocks: list[nn.Module] | None, name
         if targets is None:
             what = f"a transformers '{family}' model" if family else "not a transformers model"
             return [*problems, f"backbone.mode=lora: {name} is {what}, for which peft has no default adapter "
-                               "targets; name the layers in backbone.lora.targets (Linear or Conv layers of its "
-                               "blocks, e.g. [query, value]), or use backbone.mode=partial"]
+                               "targets (it has them for BERT-like text encoders: MiniLM, BERT, RoBERTa, "
+                               "XLM-R, DeBERTa); name the layers in backbone.lora.targets (Linear or Conv layers "
+                               "of its blocks), or use backbone.mode=partial"]
     if blocks:
         names = {n for block in blocks for n, m in block.named_modules() if isinstance(m, ADAPTABLE)}
         missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]

@@ -207,7 +207,8 @@ def _load(folder: Path) -> MultiHeadNet:
                                  f"backbone has {blocks} blocks; the package is damaged")
     net = MultiHeadNet(backbone, heads, {h: v["classes"] for h, v in meta["heads"].items()},
                        {h: v["head"] for h, v in meta["heads"].items()},
-                       {name: Branch.copied_from(backbone, b["from_block"], b["heads"]) for name, b in branches.items()})
+                       {name: Branch.copied_from(backbone, b["from_block"], b["heads"])
+                        for name, b in branches.items()})
     try:
         net.load_state_dict(load_file(weights))
     except (OSError, RuntimeError, SafetensorError) as e:
