@@ -110,3 +110,27 @@ def test_balanced_accuracy_agrees_with_scikit_learn_when_a_predicted_class_has_n
         expected = balanced_accuracy_score(target.numpy(), predicted.numpy())
     assert expected == pytest.approx(2 / 3)
     assert summary["balanced_accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_pr_curves_are_thinned_to_a_bounded_size_and_average_precision_stays_exact():
+    """eval.json and the report hold at most CURVE_POINTS points per class whatever the rows (here 100,000 distinct
+    scores), among them both ends and a chosen threshold's; average precision comes from every point."""
+    from sklearn.metrics import average_precision_score
+
+    from headsmith.evaluation.metrics import CURVE_POINTS, average_precision, point_at, pr_curve, thinned
+
+    rng = np.random.default_rng(0)
+    scores = rng.permutation(100_000) / 100_000  # distinct, also as eval.json rounds them (6 decimals)
+    positive = rng.random(100_000) < scores
+    curve = pr_curve(scores, positive)
+    keep = point_at(curve, 0.5)
+    small = thinned(curve, keep=keep)
+    assert len(curve["thresholds"]) == small["points"] == 100_000
+    assert len(small["thresholds"]) <= CURVE_POINTS + 2
+    full = {round(float(t), 6): (round(float(p), 6), round(float(r), 6))
+            for t, p, r in zip(curve["thresholds"], curve["precision"], curve["recall"])}
+    assert all(full[t] == (p, r) for t, p, r in zip(small["thresholds"], small["precision"], small["recall"]))
+    assert small["thresholds"][0] == round(float(curve["thresholds"][0]), 6) and small["recall"][-1] == 1.0
+    assert round(float(curve["thresholds"][keep]), 6) in small["thresholds"]
+    assert small["tp"][-1] == small["positives"] == int(positive.sum())
+    assert average_precision(curve) == pytest.approx(average_precision_score(positive, scores), abs=1e-9)

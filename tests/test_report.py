@@ -41,6 +41,7 @@ def test_training_ends_with_an_evaluation_of_the_test_split(trained):
     assert saved["split"] == "test" and saved["metrics"]["sentiment"]["f1"] == summary["f1"]
     curve = saved["curves"]["sentiment"]["positive"]
     assert curve["positives"] == summary["classes"]["positive"]["support"]
+    assert len(curve["thresholds"]) <= curve["points"] and curve["tp"][-1] == curve["positives"]
 
 
 def test_report_in_chromium_toggle_and_a_curve_point(trained, browser):

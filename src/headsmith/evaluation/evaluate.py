@@ -14,7 +14,7 @@ import torch
 
 from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
-from headsmith.evaluation.metrics import evaluate_head
+from headsmith.evaluation.metrics import evaluate_head, point_at, thinned
 from headsmith.evaluation.thresholds import decide
 from headsmith.files import atomic_path, write_atomic
 from headsmith.models.net import MultiHeadNet
@@ -56,7 +56,7 @@ class Evaluation:
             for label, threshold in zip(classes, self.threshold_list(head)):
                 if threshold is not None:  # the decisions' one-vs-rest precision and recall on these rows
                     curve = self.heads[head]["curves"][label]
-                    i = int((curve["thresholds"] >= threshold).sum()) - 1
+                    i = point_at(curve, threshold)
                     self.heads[head]["summary"]["classes"][label]["at_threshold"] = {
                         "threshold": threshold, "precision": float(curve["precision"][i]) if i >= 0 else 0.0,
                         "recall": float(curve["recall"][i]) if i >= 0 else 0.0}
@@ -91,9 +91,16 @@ class Evaluation:
         wrong = table[table[head].notna() & (table[head] != table[f"{head}:predicted"])]
         return wrong.sort_values(f"{head}:confidence", ascending=False, kind="mergesort").head(limit)
 
+    def thinned_curves(self, head: str) -> dict[str, dict]:
+        """Each class's PR curve with a bounded number of points (see metrics.thinned), its chosen threshold's kept."""
+        chosen = dict(zip(self.classes[head], self.threshold_list(head)))
+        return {label: thinned(curve, keep=None if chosen[label] is None else point_at(curve, chosen[label]))
+                for label, curve in self.heads[head]["curves"].items()}
+
     def to_json(self) -> dict:
-        curves = {h: {c: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in curve.items()}
-                      for c, curve in result["curves"].items()} for h, result in self.heads.items()}
+        """eval.json: metrics (average precision from every point of each curve) and the PR curves, thinned to a
+        bounded number of points per class (`points`: how many the whole curve has), the chosen thresholds' kept."""
+        curves = {head: self.thinned_curves(head) for head in self.heads}
         return {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": self.model,
                 "snapshot": self.snapshot.manifest.ref(), "split": self.split, "rows": len(self.frame),
                 "metrics": self.metrics, "thresholds": self.thresholds, "curves": curves}

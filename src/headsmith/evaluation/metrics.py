@@ -69,6 +69,26 @@ def pr_curve(scores: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+CURVE_POINTS = 1500  # per class in eval.json and the report: plenty for a screen, bounded whatever the rows
+
+
+def point_at(curve: dict, threshold: float) -> int:
+    """The index of the curve's point for decisions at `threshold` (scores >= it), -1 when no score reaches it."""
+    return int((curve["thresholds"] >= threshold).sum()) - 1
+
+
+def thinned(curve: dict, points: int = CURVE_POINTS, keep: int | None = None) -> dict:
+    """At most `points` (+2) of the curve's points, evenly spread, always its first and last and the point at index
+    `keep` (a chosen threshold's), as plain lists. Average precision is computed from the whole curve, before."""
+    count = len(curve["thresholds"])
+    every = max(1, -(-count // points))
+    index = sorted(set(range(0, count, every)) | ({count - 1} if count else set())
+                   | ({keep} if keep is not None and 0 <= keep < count else set()))
+    return {**{k: [round(float(curve[k][i]), 6) for i in index] for k in ("thresholds", "precision", "recall")},
+            **{k: [int(curve[k][i]) for i in index] for k in ("tp", "fp")},
+            "positives": int(curve["positives"]), "negatives": int(curve["negatives"]), "points": count}
+
+
 def average_precision(curve: dict[str, np.ndarray]) -> float:
     """Area under the step-wise PR curve: sum over thresholds of (recall gained) x precision, as scikit-learn."""
     recall = np.r_[0.0, curve["recall"]]

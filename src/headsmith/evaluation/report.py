@@ -90,7 +90,6 @@ def print_search(fit: dict, monitor: str) -> None:
 # --- report.html: one self-contained page per evaluation (plotly's own JS inlined, no network needed) ---
 
 TEMPLATE = Path(__file__).with_name("report_template.html")
-CURVE_POINTS = 1500  # per class, plenty for a screen; eval.json keeps every point
 
 
 def _thumbnail(path: Path) -> str:
@@ -106,26 +105,14 @@ def _thumbnail(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _curve_for_page(curve: dict, keep: int | None) -> dict:
-    every = max(1, -(-len(curve["thresholds"]) // CURVE_POINTS))
-    index = sorted(set(range(0, len(curve["thresholds"]), every)) | {len(curve["thresholds"]) - 1}
-                   | ({keep} if keep is not None and keep >= 0 else set()))
-    return {**{k: [round(float(curve[k][i]), 6) for i in index] for k in ("thresholds", "precision", "recall")},
-            **{k: [int(curve[k][i]) for i in index] for k in ("tp", "fp")},
-            "positives": curve["positives"], "negatives": curve["negatives"]}
-
-
 def report_data(evaluation) -> dict:
     """What the page draws, as JSON."""
     images = evaluation.snapshot.manifest.type == "image-classification"
     heads = []
     for head, result in evaluation.heads.items():
         chosen = evaluation.thresholds.get(head) or {}
-        curves = {}
-        for label, curve in result["curves"].items():
-            threshold = (chosen.get(label) or {}).get("threshold")
-            keep = int((curve["thresholds"] >= threshold).sum()) - 1 if threshold is not None else None
-            curves[label] = {**_curve_for_page(curve, keep), "chosen": threshold}
+        curves = {label: {**curve, "chosen": (chosen.get(label) or {}).get("threshold")}
+                  for label, curve in evaluation.thinned_curves(head).items()}
         mistakes = [{"row": int(r["row"]), "label": r[head], "predicted": r[f"{head}:predicted"],
                      "confidence": round(float(r[f"{head}:confidence"]), 4),
                      "input": (_thumbnail(evaluation.snapshot.blobs.path(r["input"])) if images else r["input"]),
