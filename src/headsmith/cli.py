@@ -551,6 +551,32 @@ def predict(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package
 
 @app.command()
 @user_errors
+def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package folder or a run folder")],
+          source: Annotated[str, typer.Argument(metavar="INPUT", help="a CSV, Parquet or JSON Lines file (a path or "
+                                                                      "an fsspec URL)")],
+          out: Annotated[Path, typer.Option("--out", help="a new folder: Parquet parts + manifest.json")],
+          input_column: Annotated[str, typer.Option("--input", help="the column of texts or image URLs")] = "text",
+          keep: Annotated[str, typer.Option(help="columns to carry through, e.g. id,created_at")] = "",
+          chunk_rows: Annotated[int, typer.Option(help="rows read, scored and written at a time")] = 10_000,
+          batch_size: Annotated[int, typer.Option(help="inputs per forward pass")] = 64):
+    """Score every row of a big file with every head: scores, decisions and a status per row, in input order.
+    Killed and run again with the same arguments, it goes on where it stopped."""
+    from headsmith.predictor import open_predictor
+    from headsmith.scoring import score_file
+    from headsmith.workspace import Workspace
+
+    if chunk_rows < 1 or batch_size < 1:
+        raise HeadsmithError("--chunk-rows and --batch-size: whole numbers from 1")
+    predictor = open_predictor(Workspace(), model)
+    predictor.batch_size = batch_size
+    kept = [name.strip() for name in keep.split(",") if name.strip()]
+    manifest = score_file(predictor, source, out, input_column, kept, chunk_rows)
+    console.print(f"scored {manifest['rows']} rows of {source} with {predictor.name}: {out} "
+                  f"({len(manifest['parts'])} parts)", highlight=False)
+
+
+@app.command()
+@user_errors
 def playground(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package folder or a run folder")],
                compare: Annotated[Optional[str], typer.Option(help="a second model to show side by side, e.g. "
                                                                    "the base model")] = None,

@@ -147,10 +147,11 @@ class MultiHeadNet(nn.Module):
         return self
 
     def scores(self, inputs: list, batch_size: int = 64, load: Callable[[list], list] = list,
-               features: torch.Tensor | None = None, description: str | None = None) -> dict[str, torch.Tensor]:
+               features: torch.Tensor | None = None, description: str | None = None,
+               by_length: bool = False) -> dict[str, torch.Tensor]:
         """Softmax scores per head (each row sums to 1), one row per input; `load` turns a batch of stored values
         into what the backbone takes. With `features` (the frozen backbone's embeddings, cached) `inputs` are
-        row positions in it, and only the heads run."""
+        row positions in it, and only the heads run. `by_length`: batches of texts of similar length."""
         def compute(batch: list) -> dict[str, torch.Tensor]:
             given = ({"features": features[torch.tensor(batch, dtype=torch.long)]} if features is not None
                      else self.backbone.preprocess(load(batch)))
@@ -159,7 +160,7 @@ class MultiHeadNet(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return batched(compute, inputs, batch_size, description)
+            return batched(compute, inputs, batch_size, description, by_length=by_length)
         finally:
             self.train(was_training)
 

@@ -1,0 +1,150 @@
+"""Batch scoring of big files: `headsmith score MODEL INPUT --out OUT`. The input (CSV, Parquet or JSON Lines; a
+local path or an fsspec URL) is read in chunks; each chunk's scores and decisions are written as one Parquet part,
+then recorded in the output's manifest, so a job killed at any moment goes on where it stopped when run again: no
+row missing, none written twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from rich.progress import Progress
+
+from headsmith.errors import HeadsmithError
+from headsmith.files import atomic_path, write_atomic
+from headsmith.predictor import Predictor
+
+MANIFEST = "manifest.json"
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def input_format(source: str) -> str:
+    suffix = Path(source.split("?")[0]).suffix.lower()
+    if suffix not in FORMATS:
+        raise HeadsmithError(f"{source}: cannot tell its format from the name; score reads {', '.join(FORMATS)}")
+    return FORMATS[suffix]
+
+
+def read_chunks(source: str, rows: int, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """The input's `columns`, `rows` rows at a time, in order."""
+    kind = input_format(source)
+    try:
+        if kind == "parquet":
+            import fsspec
+            import pyarrow.parquet as pq
+
+            with fsspec.open(source, "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=rows, columns=columns):
+                    yield batch.to_pandas()
+            return
+        reader = (pd.read_csv(source, usecols=columns, chunksize=rows, dtype=str, keep_default_na=False)
+                  if kind == "csv" else pd.read_json(source, lines=True, chunksize=rows, dtype=False))
+        with reader:
+            for chunk in reader:
+                yield chunk[columns]
+    except (OSError, ValueError, KeyError) as e:  # a missing file, a column it lacks, a line that is not JSON
+        raise HeadsmithError(f"{source}: cannot read it as {kind} with the columns {columns}: {e}") from None
+
+
+def content_hash(source: str) -> str:
+    import fsspec
+
+    digest = hashlib.sha256()
+    with fsspec.open(source, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def score_file(predictor: Predictor, source: str, out: Path | str, input_column: str, keep: list[str] = (),
+               chunk_rows: int = 10_000) -> dict:
+    """Score every row of `source` into `out` (Parquet parts + manifest.json, in input order): kept columns, `row`
+    (the input's row number), `status` (ok, empty, or why an image failed), then per head its decision and each
+    class's score. Returns the manifest."""
+    out = Path(out)
+    options = {"input_column": input_column, "keep": list(keep), "chunk_rows": chunk_rows}
+    job = hashlib.sha256(json.dumps({"model": _model_identity(predictor), "input": content_hash(source),
+                                     **options}, sort_keys=True).encode()).hexdigest()[:16]
+    manifest = _manifest(out, job) or {"job": job, "model": {"name": predictor.name, "version": predictor.version,
+                                                              "path": str(predictor.package)},
+                                       "input": source, "options": options, "parts": [], "rows": 0, "done": False}
+    if manifest["done"]:
+        return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    done = len(manifest["parts"])
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"scoring {source}", total=None, completed=manifest["rows"])
+        for index, chunk in enumerate(read_chunks(source, chunk_rows, list(dict.fromkeys([*keep, input_column])))):
+            if index < done:
+                continue  # scored before the job was stopped
+            first = manifest["rows"]
+            part = _score_chunk(predictor, chunk.reset_index(drop=True), input_column, list(keep), first)
+            name = f"part-{index:05d}.parquet"
+            with atomic_path(out / name) as tmp:
+                part.to_parquet(tmp, index=False)
+            manifest["parts"].append({"file": name, "rows": len(part), "first_row": first})
+            manifest["rows"] = first + len(part)
+            write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))  # the part counts from here on
+            progress.advance(task, len(part))
+    manifest["done"] = True
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _model_identity(predictor: Predictor) -> str:
+    """What identifies the scores: the package's model.json and weights file (size and time written)."""
+    weights = predictor.package / "model.safetensors"
+    stat = weights.stat()
+    return hashlib.sha256((predictor.package / "model.json").read_bytes()
+                          + f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+def _manifest(out: Path, job: str) -> dict | None:
+    """The manifest of an earlier run of this same job in `out`, if any; another job's is refused."""
+    path = out / MANIFEST
+    if not path.exists():
+        if out.exists() and any(out.iterdir()) and not all(p.name.startswith("part-") for p in out.iterdir()):
+            raise HeadsmithError(f"--out {out}: the folder holds other files; give an empty or new folder")
+        return None
+    manifest = json.loads(path.read_text())
+    if manifest.get("job") != job:
+        raise HeadsmithError(f"--out {out}: holds another scoring job (another model, input or options); give "
+                             "another folder, or delete it to score again")
+    return manifest
+
+
+def _score_chunk(predictor: Predictor, chunk: pd.DataFrame, input_column: str, keep: list[str],
+                 first: int) -> pd.DataFrame:
+    values = chunk[input_column].tolist()
+    status = ["ok"] * len(values)
+    inputs: list = [None] * len(values)
+    for i, value in enumerate(values):
+        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+            status[i] = "empty"
+        elif predictor.kind == "image":
+            try:
+                inputs[i] = predictor.load_images([str(value)])[0]
+            except HeadsmithError as e:
+                status[i] = f"failed: {e}"
+        else:
+            inputs[i] = str(value)
+    scored = [i for i, s in enumerate(status) if s == "ok"]
+    columns = {name: chunk[name] for name in keep}
+    columns["row"] = np.arange(first, first + len(chunk))
+    columns["status"] = status
+    scores = predictor.net.scores([inputs[i] for i in scored], predictor.batch_size, by_length=True) if scored else {}
+    answers = predictor.card.answers({h: s.numpy() for h, s in scores.items()}) if scored else []
+    for head, classes in predictor.card.heads.items():
+        decision = [None] * len(chunk)
+        table = np.full((len(chunk), len(classes)), np.nan, dtype=np.float32)
+        for i, answer in zip(scored, answers):
+            decision[i] = answer[head]["decision"]
+            table[i] = [c["score"] for c in answer[head]["classes"]]
+        columns[f"{head}:decision"] = pd.array(decision, dtype="string")
+        for k, label in enumerate(classes):
+            columns[f"{head}:score:{label}"] = table[:, k]
+    return pd.DataFrame(columns)

@@ -1,0 +1,105 @@
+"""`headsmith score`: a big file scored in chunks into Parquet parts + a manifest, in input order, kept columns
+carried through, bad rows marked rather than fatal; killed with kill -9 and run again, it goes on without losing or
+repeating a row."""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from headsmith.predictor import Predictor
+from headsmith.training.train import train
+
+from conftest import HEADSMITH, run_cli
+
+
+@pytest.fixture
+def package(compose, reviews_snapshot, tmp_path):
+    metrics, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'r'}"))
+    return Path(metrics["model"])
+
+
+@pytest.fixture
+def backlog(reviews, tmp_path):
+    """600 real reviews with an id and a time, three of them empty."""
+    frame = reviews.head(600)[["text"]].reset_index(drop=True)
+    frame.insert(0, "id", [f"post-{i}" for i in range(len(frame))])
+    frame["created_at"] = pd.date_range("2026-11-01", periods=len(frame), freq="min").astype(str)
+    frame.loc[[5, 77, 431], "text"] = ["", "   ", ""]
+    path = tmp_path / "backlog.csv"
+    frame.to_csv(path, index=False)
+    return frame, path
+
+
+def read_output(folder: Path) -> tuple[pd.DataFrame, dict]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return pd.concat([pd.read_parquet(folder / part["file"]) for part in manifest["parts"]], ignore_index=True), manifest
+
+
+def test_score_writes_every_row_in_order_with_the_scores_predict_gives(package, backlog, tmp_path):
+    frame, path = backlog
+    result = run_cli("score", str(package), str(path), "--out", str(tmp_path / "out"), "--keep", "id,created_at",
+                     "--chunk-rows", "128")
+    assert result.returncode == 0, result.stdout + result.stderr
+    scored, manifest = read_output(tmp_path / "out")
+    assert manifest["done"] and manifest["rows"] == 600 and len(manifest["parts"]) == 5
+    assert scored["row"].tolist() == list(range(600)) and scored["id"].tolist() == frame["id"].tolist()
+    assert scored["created_at"].tolist() == frame["created_at"].tolist()
+    assert scored.loc[[5, 77, 431], "status"].tolist() == ["empty"] * 3
+    assert scored["sentiment:decision"].isna().sum() == 3 and (scored["status"] == "ok").sum() == 597
+    ok = scored[scored["status"] == "ok"].head(40)
+    answers = Predictor(package).predict(frame.loc[ok["row"], "text"].tolist())
+    for (_, row), answer in zip(ok.iterrows(), answers):
+        for head in ("sentiment", "long"):
+            assert row[f"{head}:decision"] == answer[head]["decision"]
+            for c in answer[head]["classes"]:
+                assert row[f"{head}:score:{c['class']}"] == pytest.approx(c["score"], abs=1e-5)
+    # The same rows as Parquet and as JSON Lines: the same output.
+    for suffix in ("parquet", "jsonl"):
+        other = tmp_path / f"backlog.{suffix}"
+        frame.to_parquet(other, index=False) if suffix == "parquet" else frame.to_json(other, orient="records",
+                                                                                     lines=True)
+        again = run_cli("score", str(package), str(other), "--out", str(tmp_path / suffix), "--keep", "id")
+        assert again.returncode == 0, again.stdout + again.stderr
+        same, _ = read_output(tmp_path / suffix)
+        columns = [c for c in same.columns if ":score:" in c]
+        pd.testing.assert_frame_equal(same[columns], scored[columns], atol=1e-5)
+    # Another job into the same folder is refused; the same job again is already done.
+    other = run_cli("score", str(package), str(path), "--out", str(tmp_path / "out"), "--chunk-rows", "64")
+    assert other.returncode == 2 and "holds another scoring job" in other.stdout + other.stderr
+    assert run_cli("score", str(package), str(path), "--out", str(tmp_path / "out"), "--keep", "id,created_at",
+                   "--chunk-rows", "128").returncode == 0
+    missing = run_cli("score", str(package), str(path), "--out", str(tmp_path / "x"), "--input", "body")
+    assert missing.returncode == 2 and "body" in missing.stdout + missing.stderr
+
+
+def test_a_killed_score_job_goes_on_without_losing_or_repeating_a_row(package, backlog, tmp_path):
+    _, path = backlog
+    args = [HEADSMITH, "score", str(package), str(path), "--out", str(tmp_path / "out"), "--keep", "id",
+            "--chunk-rows", "10", "--batch-size", "1"]
+    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest_file, deadline = tmp_path / "out" / "manifest.json", time.monotonic() + 300
+    while time.monotonic() < deadline:
+        parts = json.loads(manifest_file.read_text())["parts"] if manifest_file.exists() else []
+        if len(parts) >= 3:
+            break
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    killed_at = json.loads(manifest_file.read_text())
+    assert not killed_at["done"] and 3 <= len(killed_at["parts"]) < 60
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    scored, manifest = read_output(tmp_path / "out")
+    assert manifest["done"] and manifest["parts"][:len(killed_at["parts"])] == killed_at["parts"]
+    assert scored["row"].tolist() == list(range(600)) and scored["id"].tolist() == [f"post-{i}" for i in range(600)]
+    straight = run_cli("score", str(package), str(path), "--out", str(tmp_path / "straight"), "--keep", "id",
+                       "--chunk-rows", "10")
+    assert straight.returncode == 0
+    expected, _ = read_output(tmp_path / "straight")
+    columns = [c for c in expected.columns if ":score:" in c]
+    pd.testing.assert_frame_equal(scored[columns], expected[columns], atol=1e-5)
