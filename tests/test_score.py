@@ -19,7 +19,8 @@ from conftest import HEADSMITH, run_cli
 
 @pytest.fixture
 def package(compose, reviews_snapshot, tmp_path):
-    metrics, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'r'}"))
+    metrics, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1",
+                               f"paths.output_dir={tmp_path / 'r'}"))
     return Path(metrics["model"])
 
 
@@ -36,8 +37,9 @@ def backlog(reviews, tmp_path):
 
 
 def read_output(folder: Path) -> tuple[pd.DataFrame, dict]:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    return pd.concat([pd.read_parquet(folder / part["file"]) for part in manifest["parts"]], ignore_index=True), manifest
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    parts = [pd.read_parquet(folder / part["file"]) for part in manifest["parts"]]
+    return pd.concat(parts, ignore_index=True), manifest
 
 
 def test_score_writes_every_row_in_order_with_the_scores_predict_gives(package, backlog, tmp_path):
@@ -49,6 +51,7 @@ def test_score_writes_every_row_in_order_with_the_scores_predict_gives(package, 
     assert manifest["done"] and manifest["rows"] == 600 and len(manifest["parts"]) == 5
     assert scored["row"].tolist() == list(range(600)) and scored["id"].tolist() == frame["id"].tolist()
     assert scored["created_at"].tolist() == frame["created_at"].tolist()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out"), scored)  # the folder reads as one dataset
     assert scored.loc[[5, 77, 431], "status"].tolist() == ["empty"] * 3
     assert scored["sentiment:decision"].isna().sum() == 3 and (scored["status"] == "ok").sum() == 597
     ok = scored[scored["status"] == "ok"].head(40)
@@ -82,7 +85,7 @@ def test_a_killed_score_job_goes_on_without_losing_or_repeating_a_row(package, b
     args = [HEADSMITH, "score", str(package), str(path), "--out", str(tmp_path / "out"), "--keep", "id",
             "--chunk-rows", "10", "--batch-size", "1"]
     job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest_file, deadline = tmp_path / "out" / "manifest.json", time.monotonic() + 300
+    manifest_file, deadline = tmp_path / "out" / "_manifest.json", time.monotonic() + 300
     while time.monotonic() < deadline:
         parts = json.loads(manifest_file.read_text())["parts"] if manifest_file.exists() else []
         if len(parts) >= 3:

@@ -554,7 +554,7 @@ def predict(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package
 def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package folder or a run folder")],
           source: Annotated[str, typer.Argument(metavar="INPUT", help="a CSV, Parquet or JSON Lines file (a path or "
                                                                       "an fsspec URL)")],
-          out: Annotated[Path, typer.Option("--out", help="a new folder: Parquet parts + manifest.json")],
+          out: Annotated[Path, typer.Option("--out", help="a new folder: Parquet parts + _manifest.json")],
           input_column: Annotated[str, typer.Option("--input", help="the column of texts or image URLs")] = "text",
           keep: Annotated[str, typer.Option(help="columns to carry through, e.g. id,created_at")] = "",
           chunk_rows: Annotated[int, typer.Option(help="rows read, scored and written at a time")] = 10_000,

@@ -18,7 +18,7 @@ from headsmith.errors import HeadsmithError
 from headsmith.files import atomic_path, write_atomic
 from headsmith.predictor import Predictor
 
-MANIFEST = "manifest.json"
+MANIFEST = "_manifest.json"  # "_": Parquet readers of the folder skip it
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -62,7 +62,7 @@ def content_hash(source: str) -> str:
 
 def score_file(predictor: Predictor, source: str, out: Path | str, input_column: str, keep: list[str] = (),
                chunk_rows: int = 10_000) -> dict:
-    """Score every row of `source` into `out` (Parquet parts + manifest.json, in input order): kept columns, `row`
+    """Score every row of `source` into `out` (Parquet parts + _manifest.json, in input order): kept columns, `row`
     (the input's row number), `status` (ok, empty, or why an image failed), then per head its decision and each
     class's score. Returns the manifest."""
     out = Path(out)
@@ -107,7 +107,7 @@ def _manifest(out: Path, job: str) -> dict | None:
     """The manifest of an earlier run of this same job in `out`, if any; another job's is refused."""
     path = out / MANIFEST
     if not path.exists():
-        if out.exists() and any(out.iterdir()) and not all(p.name.startswith("part-") for p in out.iterdir()):
+        if out.exists() and not all(p.name.startswith(("part-", ".part-")) for p in out.iterdir()):
             raise HeadsmithError(f"--out {out}: the folder holds other files; give an empty or new folder")
         return None
     manifest = json.loads(path.read_text())
