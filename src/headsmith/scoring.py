@@ -83,7 +83,7 @@ def score_file(predictor: Predictor, source: str, out: Path | str, input_column:
                 continue  # scored before the job was stopped
             first = manifest["rows"]
             part = _score_chunk(predictor, chunk.reset_index(drop=True), input_column, list(keep), first)
-            name = f"part-{index:05d}.parquet"
+            name = f"part-{index:06d}.parquet"  # names sort in input order
             with atomic_path(out / name) as tmp:
                 part.to_parquet(tmp, index=False)
             manifest["parts"].append({"file": name, "rows": len(part), "first_row": first})

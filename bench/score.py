@@ -1,0 +1,80 @@
+"""Batch scoring of a file (`headsmith score`) against the best in-process scoring of the same rows, in one run.
+
+    .venv/bin/python bench/score.py [--model sentiment-finetune] [--rows 12808] [--home workspace]
+
+Writes the demo's real review snippets (repeated up to --rows) as a CSV with an id column, then times (a) the
+model's own batched scoring of every text in one process, in batches of 64 of similar length (the limit), and (b)
+`score_file` on the CSV: reading it in chunks, scoring, writing Parquet parts and the manifest. MODEL is a registered
+NAME[:VERSION] or a package folder (default: `sentiment-finetune`, which `make demo` trains; its newest run is
+registered here if missing). Target (issue 16): (b) >= 0.9x the throughput of (a), the same scores."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sentiment-finetune")
+    parser.add_argument("--rows", type=int, default=12_808)
+    parser.add_argument("--home", default=os.environ.get("HEADSMITH_HOME", "workspace"))
+    args = parser.parse_args()
+    os.environ["HEADSMITH_HOME"] = str(Path(args.home).resolve())
+
+    import numpy as np
+    import pandas as pd
+
+    from headsmith.data.examples import rotten_tomatoes
+    from headsmith.errors import HeadsmithError
+    from headsmith.models.registry import register_model
+    from headsmith.predictor import open_predictor
+    from headsmith.scoring import score_file
+    from headsmith.workspace import Workspace
+
+    workspace = Workspace()
+    try:
+        predictor = open_predictor(workspace, args.model)
+    except HeadsmithError:  # the newest finished run of that name, as `make demo` leaves it
+        runs = sorted((workspace.runs_dir / args.model).glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit(f"no model '{args.model}' and no finished run of that name: run `make demo` first")
+        print("registered", *register_model(workspace, runs[-1].parent, args.model), "from", runs[-1].parent)
+        predictor = open_predictor(workspace, args.model)
+    folder = Path(tempfile.mkdtemp(prefix="headsmith-score-"))
+    try:
+        texts = pd.read_csv(rotten_tomatoes(folder / "reviews.csv"))["text"].tolist()
+        texts = (texts * (-(-args.rows // len(texts))))[:args.rows]
+        pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(folder / "backlog.csv", index=False)
+
+        start = time.perf_counter()
+        limit = predictor.net.scores(texts, 64, by_length=True)
+        in_process = time.perf_counter() - start
+
+        start = time.perf_counter()
+        score_file(predictor, str(folder / "backlog.csv"), folder / "scored", "text", ["id"])
+        scoring = time.perf_counter() - start
+        scored = pd.read_parquet(folder / "scored")
+        head, classes = next(iter(predictor.card.heads.items()))
+        columns = [f"{head}:score:{label}" for label in classes]
+        difference = float(np.abs(scored[columns].to_numpy() - limit[head].numpy()).max())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ratio = in_process / scoring
+    print(f"model {predictor.name}, {len(texts)} real review snippets; figures vary by machine")
+    print(f"in-process scoring, batches of 64 of similar length: {len(texts) / in_process:7.1f} texts/s (the limit)")
+    print(f"headsmith score (CSV in, Parquet parts out):        {len(texts) / scoring:7.1f} texts/s "
+          f"({ratio:.2f}x the limit); largest score difference {difference:.1e}")
+    met = ratio >= 0.9 and difference <= 1e-5
+    print(f"target: >= 0.9x the limit, the same scores: {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
