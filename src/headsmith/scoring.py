@@ -15,6 +15,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from headsmith.errors import HeadsmithError
+from headsmith.evaluation.thresholds import decide
 from headsmith.files import atomic_path, write_atomic
 from headsmith.predictor import Predictor
 
@@ -137,13 +138,14 @@ def _score_chunk(predictor: Predictor, chunk: pd.DataFrame, input_column: str, k
     columns["row"] = np.arange(first, first + len(chunk))
     columns["status"] = status
     scores = predictor.net.scores([inputs[i] for i in scored], predictor.batch_size, by_length=True) if scored else {}
-    answers = predictor.card.answers({h: s.numpy() for h, s in scores.items()}) if scored else []
     for head, classes in predictor.card.heads.items():
-        decision = [None] * len(chunk)
         table = np.full((len(chunk), len(classes)), np.nan, dtype=np.float32)
-        for i, answer in zip(scored, answers):
-            decision[i] = answer[head]["decision"]
-            table[i] = [c["score"] for c in answer[head]["classes"]]
+        decision = np.full(len(chunk), None, dtype=object)
+        if scored:
+            values = scores[head].numpy()
+            table[scored] = values
+            _, decided = decide(values, predictor.card.thresholds[head])  # as predict and serving decide
+            decision[scored] = [None if d is None else classes[d] for d in decided]
         columns[f"{head}:decision"] = pd.array(decision, dtype="string")
         for k, label in enumerate(classes):
             columns[f"{head}:score:{label}"] = table[:, k]
