@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from demo_model import demo_model  # noqa: E402  (bench/, beside this script)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,21 +34,12 @@ def main() -> int:
     import pandas as pd
 
     from headsmith.data.examples import rotten_tomatoes
-    from headsmith.errors import HeadsmithError
-    from headsmith.models.registry import register_model
     from headsmith.predictor import open_predictor
     from headsmith.scoring import score_file
     from headsmith.workspace import Workspace
 
     workspace = Workspace()
-    try:
-        predictor = open_predictor(workspace, args.model)
-    except HeadsmithError:  # the newest finished run of that name, as `make demo` leaves it
-        runs = sorted((workspace.runs_dir / args.model).glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise SystemExit(f"no model '{args.model}' and no finished run of that name: run `make demo` first")
-        print("registered", *register_model(workspace, runs[-1].parent, args.model), "from", runs[-1].parent)
-        predictor = open_predictor(workspace, args.model)
+    predictor = open_predictor(workspace, demo_model(workspace, args.model))
     folder = Path(tempfile.mkdtemp(prefix="headsmith-score-"))
     try:
         texts = pd.read_csv(rotten_tomatoes(folder / "reviews.csv"))["text"].tolist()

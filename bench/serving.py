@@ -19,6 +19,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from demo_model import demo_model  # noqa: E402  (bench/, beside this script)
+
 LOAD = r'''
 import http.client, json, sys, threading, time, urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +60,6 @@ def main() -> int:
     import pandas as pd
 
     from headsmith.data.examples import rotten_tomatoes
-    from headsmith.errors import HeadsmithError
-    from headsmith.models.registry import register_model, resolve_model
     from headsmith.predictor import open_predictor
     from headsmith.serving.deploy import (create_deployment, create_key, delete_deployment, serve_deployment,
                                           use_bentoml_home)
@@ -70,15 +70,7 @@ def main() -> int:
     texts = pd.read_csv(rotten_tomatoes(workspace.root / "bench-reviews.csv"))["text"].sample(
         args.requests, random_state=0).tolist()
 
-    try:
-        resolve_model(workspace, args.model)
-    except HeadsmithError:  # the newest finished run of that name, as `make demo` leaves it
-        runs = sorted((workspace.runs_dir / args.model).glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise SystemExit(f"no model '{args.model}' and no finished run of that name: run `make demo` first")
-        print("registered", *register_model(workspace, runs[-1].parent, args.model), "from", runs[-1].parent)
-
-    predictor = open_predictor(workspace, args.model)
+    predictor = open_predictor(workspace, demo_model(workspace, args.model))
     predictor.scores(texts[:32])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(texts), 32):
