@@ -37,6 +37,17 @@ def batched(compute: Callable[[list], dict[str, torch.Tensor]], inputs: list, ba
     return joined
 
 
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """`module` in eval mode (no dropout) for the duration, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def rest_frozen_parts(module: nn.Module) -> None:
     """Eval mode (no dropout) for every part of `module` whose weights are all frozen: a frozen block computes the
     same thing every step, so cached and uncached partial training see the same inputs to the trainable blocks."""
@@ -157,12 +168,8 @@ class MultiHeadNet(nn.Module):
                      else self.backbone.preprocess(load(batch)))
             return {head: torch.softmax(logits.float(), -1) for head, logits in self(given).items()}
 
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return batched(compute, inputs, batch_size, description, by_length=by_length)
-        finally:
-            self.train(was_training)
 
     def predict(self, inputs: list, batch_size: int = 64) -> list[dict[str, dict[str, float]]]:
         """Per input, per head, per class scores (softmax: each head's scores sum to 1)."""

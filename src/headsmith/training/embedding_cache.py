@@ -25,7 +25,7 @@ from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.report import console
 from headsmith.files import atomic_path
-from headsmith.models.net import batched
+from headsmith.models.net import batched, evaluating
 from headsmith.workspace import Workspace
 
 
@@ -43,13 +43,9 @@ def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] 
           description: str = "embedding") -> torch.Tensor:
     """One embedding per input, in input order; `load` turns a batch of stored values into what the backbone takes.
     Batches hold inputs of similar length, so little is padding."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with evaluating(backbone):
         out = batched(lambda batch: {"embedding": backbone(backbone.preprocess(load(batch))).float().cpu()}, inputs,
                       batch_size, description, by_length=True)
-    finally:
-        backbone.train(was_training)
     return out["embedding"] if out else torch.empty(0, backbone.out_dim)
 
 
@@ -179,9 +175,7 @@ def _compute_trunk(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, fold
         real = encoded["attention_mask"].bool()
         return {"tokens": backbone.trunk(encoded, cut)[real].half(), "lengths": real.sum(1)}
 
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with evaluating(backbone):
         found = batched(real_tokens, [inputs[i] for i in order], 128,
                         f"caching the trunk of snapshot '{snapshot.manifest.name}' (once)")
         lengths = found["lengths"].numpy()
@@ -191,21 +185,15 @@ def _compute_trunk(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, fold
         np.save(folder / "tokens.npy", found["tokens"].numpy())
         np.save(folder / "spans.npy", spans)
         _check_trunk(backbone, TrunkStates(folder, cut), inputs, snapshot)
-    finally:
-        backbone.train(was_training)
 
 
 def _compute_maps(snapshot: Snapshot, backbone: torch.nn.Module, cut: int, folder: Path, inputs: list) -> None:
-    was_training = backbone.training
-    backbone.eval()
-    try:
+    with evaluating(backbone):
         found = batched(lambda batch: {"maps": backbone.trunk(backbone.preprocess(snapshot.load_inputs(batch)),
                                                               cut).half()},
                         inputs, 64, f"caching the trunk of snapshot '{snapshot.manifest.name}' (once)")
         np.save(folder / "maps.npy", found["maps"].numpy())
         _check_trunk(backbone, TrunkMaps(folder, cut), inputs, snapshot)
-    finally:
-        backbone.train(was_training)
 
 
 @torch.inference_mode()
