@@ -87,8 +87,8 @@ def test_image_snapshot_reads_blobs(workspace, images_csv):
     import_csv(workspace, images_csv, "pets")
     snap = create_snapshot(workspace, "pets", name="pets", type="image-classification", input_column="url",
                            labels={"cat": "cat"}, max_invalid=0.3)
-    assert snap.manifest.rows == 19 and len(snap.manifest.invalid_rows) == 5  # the default timeout waits for /slow
-    assert {r["reason"].split(":")[0] for r in snap.manifest.invalid_rows} == {
+    assert snap.manifest.rows == 19 and snap.manifest.invalid_rows == 5  # the default timeout waits for /slow
+    assert {r["reason"].split(":")[0] for r in snap.invalid_rows()} == {
         s for p, (s, _) in BAD_URLS.items() if p != "/slow.jpg"}
     frame = snap.frame()
     images = snap.load_inputs(frame["input"].tolist()[:2])
@@ -118,10 +118,10 @@ def test_csv_dialects_bom_quoted_newlines_and_encodings(tmp_path):
     path = tmp_path / "semi.csv"
     path.write_bytes("\ufefftext;label\n\"two\nlines; one cell\";yes\nplain;no\n".encode())
     table = read_table(path)
-    assert table.columns == ["text", "label"] and table.rows == [(2, ["two\nlines; one cell", "yes"]), (4, ["plain", "no"])]
+    assert table.columns == ["text", "label"] and table.sample == [(2, ["two\nlines; one cell", "yes"]), (4, ["plain", "no"])]
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text,label\ncafé crème,yes\n".encode("cp1252"))
-    assert read_table(latin, encoding="cp1252").rows[0][1][0] == "café crème"
+    assert read_table(latin, encoding="cp1252").sample[0][1][0] == "café crème"
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
@@ -131,7 +131,7 @@ def test_utf16_and_utf32_csvs_with_a_byte_order_mark_are_read(tmp_path, encoding
     text = "text,label\ncafé crème 🍵,yes\nplain,no\n"
     path.write_bytes(("" if encoding in ("utf-16", "utf-32") else "\ufeff").encode(encoding) + text.encode(encoding))
     table = read_table(path)
-    assert table.columns == ["text", "label"] and table.rows == [(2, ["café crème 🍵", "yes"]), (3, ["plain", "no"])]
+    assert table.columns == ["text", "label"] and table.sample == [(2, ["café crème 🍵", "yes"]), (3, ["plain", "no"])]
 
 
 def test_labels_whitespace_case_empty_and_one_class(workspace, tmp_path):
@@ -222,7 +222,7 @@ def test_kill_during_import_then_resume_2000_rows(workspace, tmp_path, image_ser
     assert len(refetched) <= 16 + 25  # at most those in flight or not yet committed when it was killed
     snap = create_snapshot(workspace, "big", name="big", type="image-classification", input_column="url",
                            labels={"digit": "digit"})
-    assert snap.manifest.rows == 1980 and len(snap.manifest.invalid_rows) == 20
+    assert snap.manifest.rows == 1980 and snap.manifest.invalid_rows == 20
 
 
 def media_counts_or_none(workspace, name):

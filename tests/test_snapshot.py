@@ -75,7 +75,8 @@ def test_invalid_data_criterion(workspace, tmp_path):
     assert list_snapshots(workspace) == []
     snap = create_snapshot(workspace, "small", name="small", input_column="text", labels={"sentiment": "sentiment"},
                            max_invalid=0.5)
-    assert snap.manifest.rows == 10 and snap.manifest.invalid_rows[0] == {"row": 2, "line": 3, "reason": "empty text"}
+    assert snap.manifest.rows == 10 and snap.manifest.invalid_rows == 10
+    assert next(snap.invalid_rows()) == {"row": 2, "line": 3, "reason": "empty text"}
 
 
 def test_token_limit_of_a_named_backbone(workspace, tmp_path):
@@ -93,8 +94,8 @@ def test_conflicting_duplicates_are_reported(workspace, tmp_path):
     pd.DataFrame({"text": ["great", "great", "awful", "fine", "fine"],
                   "sentiment": ["positive", "negative", "negative", "positive", "positive"]}).to_csv(path, index=False)
     snap = snapshot_csv(workspace, path, "dupes", "text", {"sentiment": "sentiment"})
-    assert snap.manifest.leakage["conflicting_duplicates"] == [
-        {"head": "sentiment", "rows": [1, 2], "labels": ["negative", "positive"]}]
+    assert snap.manifest.leakage["conflicting_duplicates"] == 1
+    assert list(snap.conflicting_duplicates()) == [{"head": "sentiment", "rows": [1, 2], "labels": ["negative", "positive"]}]
     shown = run_cli("snapshot", "show", "dupes")
     assert "head sentiment: rows [1, 2] say ['negative', 'positive']" in shown.stdout
 

@@ -111,23 +111,28 @@ def snapshot_create(
 
     snap = create_snapshot(Workspace(), dataset, name=name, input_column=input, labels=_parse_labels(label),
                            type=type, max_invalid=max_invalid, backbone=backbone, max_tokens=max_tokens)
-    _print_manifest(snap.manifest)
+    _print_manifest(snap)
 
 
-def _print_manifest(m) -> None:
+def _print_manifest(snapshot) -> None:
+    import itertools
+
+    m = snapshot.manifest
     console.print(f"snapshot [bold]{m.name}[/] ({m.id}): {m.type}, {m.rows} rows, input column '{m.input_column}'")
     for head, labels in m.heads.items():
         counts = ", ".join(f"{c}={n}" for c, n in labels.counts.items())
         console.print(f"  head {head} (column '{labels.column}'): {counts}")
     if m.invalid_rows:
-        console.print(f"  {len(m.invalid_rows)} invalid rows dropped:", highlight=False)
-        for r in m.invalid_rows[:10]:
+        console.print(f"  {m.invalid_rows} invalid rows dropped:", highlight=False)
+        for r in itertools.islice(snapshot.invalid_rows(), 10):
             console.print(f"    row {r['row']}: {r['reason']}", highlight=False)
-    conflicts = m.leakage.get("conflicting_duplicates", [])
+    conflicts = m.leakage.get("conflicting_duplicates", 0)
     if conflicts:
-        console.print(f"  [yellow]leakage:[/] {len(conflicts)} inputs appear more than once with different labels:")
-        for c in conflicts[:10]:
+        console.print(f"  [yellow]leakage:[/] {conflicts} inputs appear more than once with different labels:")
+        for c in itertools.islice(snapshot.conflicting_duplicates(), 10):
             console.print(f"    head {c['head']}: rows {c['rows']} say {c['labels']}", highlight=False)
+    if m.invalid_rows > 10 or conflicts > 10:
+        console.print(f"  every one: {snapshot.path}/*.jsonl", highlight=False)
     console.print(f"  sha256 {m.sha256}")
 
 
@@ -156,7 +161,7 @@ def snapshot_show(ref: Annotated[str, typer.Argument(help="snapshot name or id")
     if format == "json":
         print(snap.manifest.to_json())
     else:
-        _print_manifest(snap.manifest)
+        _print_manifest(snap)
 
 
 @recipe_app.command("list")
@@ -199,15 +204,20 @@ def _fetcher(concurrency: int, timeout: float, retries: int):
 def _print_columns(table, columns) -> None:
     from collections import Counter
 
-    from headsmith.data.ingest import normalize_labels
+    from headsmith.data.ingest import label_mapping
 
-    view = Table("column", "type", "why", title=f"columns of {table.path.name} ({len(table.rows)} rows)",
+    view = Table("column", "type", "why", title=f"columns of {table.path.name} ({table.count} rows)",
                  title_justify="left")
     for c in columns:
         why = c.reason
         if c.type == "label":
-            counts = Counter(v for v in normalize_labels(table.values(c.name))[0] if v is not None)
-            why += "\nclasses: " + ", ".join(f"{k}={n}" for k, n in counts.most_common())
+            raw = table.label_counts(c.name)
+            classes = Counter()
+            for value, stored in label_mapping(raw)[0].items():
+                if stored is not None:
+                    classes[stored] += raw[value]
+            why += "\nclasses: " + ", ".join(f"{k}={n}" for k, n in classes.most_common()[:20]) + \
+                (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
         view.add_row(c.name, c.type, why)
     console.print(view)
 
@@ -269,7 +279,7 @@ def dataset_import(
             raise HeadsmithError("not imported; change types with --column COL=TYPE and run again")
     for note in import_dataset(workspace, name, table, columns):
         console.print(f"  note: {note}", highlight=False)
-    console.print(f"dataset [bold]{name}[/]: {len(table.rows)} rows imported")
+    console.print(f"dataset [bold]{name}[/]: {table.count} rows imported")
     _print_media(fetch_media(workspace, name, _fetcher(concurrency, timeout, retries)), name)
 
 
@@ -293,45 +303,49 @@ def dataset_fetch(name: str, concurrency: Annotated[int, FETCH_OPTIONS["concurre
 
 @dataset_app.command("show")
 @user_errors
-def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to preview")] = 10,
+def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to show (a page)")] = 10,
+                 offset: Annotated[int, typer.Option(help="rows to skip first: the next page starts at "
+                                                          "offset + rows")] = 0,
                  failed: Annotated[bool, typer.Option("--failed", help="list only rows whose image failed")] = False,
                  format: Annotated[str, typer.Option("--format", help="text or json")] = "text"):
-    """Rows with their image status, classes per label column with counts, failed rows with reasons."""
-    from headsmith.data.dataset import get_dataset, media_counts, rows_frame
+    """Classes per label column with counts, image statuses, and a page of rows (or of the failed images)."""
+    from headsmith.data.dataset import failed_images, get_dataset, rows_page, summary
     from headsmith.workspace import Workspace
 
     workspace = Workspace()
     dataset = get_dataset(workspace, name)
-    frame = rows_frame(workspace, name)
-    images = dataset.of_type("image")
-    bad = frame[frame[[f"{c}:status" for c in images]].ne("ok").any(axis=1)] if images else frame.iloc[:0]
-    labels = {c: frame[c].value_counts().to_dict() for c in dataset.of_type("label")}
-    failures = [{"row": int(r["row"]), "line": int(r["line"]), "column": c, "ref": r[c],
-                 "status": r[f"{c}:status"], "detail": r[f"{c}:detail"]}
-                for _, r in bad.iterrows() for c in images if r[f"{c}:status"] != "ok"]
+    counts = summary(workspace, name)
+    failed_total, failures = failed_images(workspace, name, limit=rows, offset=offset)
+    page = rows_page(workspace, name, limit=rows, offset=offset) if not failed else None
     if format == "json":
-        shown = bad if failed else frame.head(rows)
-        print(json.dumps({"name": name, "rows": len(frame), "columns": [c.as_dict() for c in dataset.columns],
-                          "classes": labels, "media": media_counts(workspace, name), "failed": failures,
-                          "preview": json.loads(shown.drop(columns=["source"]).to_json(orient="records"))},
-                         indent=2, ensure_ascii=False))
+        print(json.dumps({"name": name, "rows": counts["rows"], "columns": [c.as_dict() for c in dataset.columns],
+                          "classes": counts["classes"], "media": counts["media"], "failed_total": failed_total,
+                          "failed": failures, "offset": offset,
+                          "preview": None if failed else json.loads(page.drop(columns=["source"]).to_json(
+                              orient="records"))}, indent=2, ensure_ascii=False))
         return
-    console.print(f"dataset [bold]{name}[/]: {len(frame)} rows, from {dataset.source}", highlight=False)
+    console.print(f"dataset [bold]{name}[/]: {counts['rows']} rows, from {dataset.source}", highlight=False)
     for c in dataset.columns:
         console.print(f"  {c.name}: {c.type} ({c.reason})", highlight=False)
-    for column, counts in labels.items():
-        console.print(f"  classes of {column}: " + ", ".join(f"{k}={n}" for k, n in counts.items()), highlight=False)
-    _print_media(media_counts(workspace, name), name)
+    for column, classes in counts["classes"].items():
+        console.print(f"  classes of {column}: " + ", ".join(f"{k}={n}" for k, n in classes.items()), highlight=False)
+    _print_media(counts["media"], name)
+    total, shown_rows = (failed_total, len(failures)) if failed else (counts["rows"], len(page))
+    title = (f"{'rows whose image failed' if failed else 'rows'} {offset + 1}-{offset + shown_rows} of {total}"
+             if shown_rows else f"no {'failed ' if failed else ''}rows from offset {offset} (of {total})")
     if failed:
-        view = Table("row", "line", "column", "ref", "status", "detail", title="rows whose image failed")
+        view = Table("row", "line", "column", "ref", "status", "detail", title=title)
         for f in failures:
             view.add_row(str(f["row"]), str(f["line"]), f["column"], f["ref"], f["status"], f["detail"])
     else:
-        shown = [c for c in frame.columns if c not in ("source", "line") and not c.endswith((":sha256", ":detail"))]
-        view = Table(*shown, title=f"first {min(rows, len(frame))} rows")
-        for _, r in frame.head(rows).iterrows():
+        shown = [c for c in page.columns if c not in ("source", "line") and not c.endswith((":sha256", ":detail"))]
+        view = Table(*shown, title=title)
+        for _, r in page.iterrows():
             view.add_row(*(("" if v is None else str(v))[:60] for v in r[shown]))
     console.print(view)
+    if offset + shown_rows < total:
+        console.print(f"next page: headsmith dataset show {name}{' --failed' if failed else ''} --rows {rows} "
+                      f"--offset {offset + rows}", highlight=False)
 
 
 @dataset_app.command("list")

@@ -50,7 +50,7 @@ def test_any_bytes_are_a_table_or_a_clear_error_and_stored_rows_never_change(wor
         except HeadsmithError as e:
             assert str(path) in str(e) or "--column" in str(e), e  # the error names the file (or the option)
             return
-        assert all(len(cells) == len(candidate.columns) for _, cells in candidate.rows)
+        assert all(len(cells) == len(candidate.columns) for _, cells in candidate.records())
         try:
             import_dataset(workspace, f"new{next(names)}", candidate, columns)
         except HeadsmithError:
@@ -124,5 +124,5 @@ def test_every_dialect_and_encoding_reads_back_the_cells_that_were_written(tmp_p
         path.write_bytes(buffer.getvalue().encode(encoding))
         table = read_table(path, encoding=None if encoding in WITH_BOM else encoding)
         assert table.columns == names, (json.dumps(names), dialect)
-        assert [cells for _, cells in table.rows] == rows
+        assert [cells for _, cells in table.records()] == rows
     check()

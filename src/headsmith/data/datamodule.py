@@ -219,5 +219,5 @@ class SnapshotDataModule(pl.LightningDataModule):
         for part in ("val", "test"):
             shared = self.splits[part][self.splits[part]["input"].isin(seen)]
             report[f"train_{part}_overlap"] = {"rows": len(shared), "examples": shared["row"].head(10).tolist()}
-        report["conflicting_duplicates"] = len(self.snapshot.manifest.leakage.get("conflicting_duplicates", []))
+        report["conflicting_duplicates"] = self.snapshot.manifest.leakage.get("conflicting_duplicates", 0)
         return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import http.client
 import io
 import random
@@ -10,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -132,16 +133,26 @@ class MediaFetcher:
         return FetchResult("ok", f"{image.format} {width}x{height}", self.store.put(data))
 
     def fetch_many(self, refs: Iterable[tuple[object, str]], on_result: Callable[[object, FetchResult], None],
-                   description: str = "fetching images") -> None:
-        """Fetch (key, ref) pairs concurrently; `on_result` runs in the calling thread, as results arrive."""
-        refs = list(refs)
+                   description: str = "fetching images", total: int | None = None) -> None:
+        """Fetch (key, ref) pairs concurrently; `on_result` runs in the calling thread, as results arrive. `refs` is
+        read as the work goes, a few per thread ahead, so it may be a stream of millions."""
+        refs = iter(refs)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, transient=False) as progress, ThreadPoolExecutor(self.concurrency) as pool:
-            task = progress.add_task(description, total=len(refs))
-            futures = {pool.submit(self.fetch, ref): key for key, ref in refs}
-            for future in as_completed(futures):
-                on_result(futures[future], future.result())
-                progress.advance(task)
+            task = progress.add_task(description, total=total)
+            running: dict = {}
+            finished = 0
+            while True:
+                for key, ref in itertools.islice(refs, 4 * self.concurrency - len(running)):
+                    running[pool.submit(self.fetch, ref)] = key
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    on_result(running.pop(future), future.result())
+                    progress.advance(task)
+                    finished += 1
+            progress.update(task, total=finished)
 
     def _read(self, ref: str) -> bytes:
         parsed = urlparse(ref)
