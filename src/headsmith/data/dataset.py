@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -95,10 +96,12 @@ def _label_mappings(table: CsvTable, columns: list[Column], whole: bool = True) 
 def _insert_rows(db, dataset: int, table: CsvTable, columns: list[Column], mappings: dict, first: int,
                  description: str) -> int:
     """Store the table's rows a chunk at a time (cells as stored: labels mapped, ignored columns left out), each
-    image cell pending a fetch. Returns how many rows were stored."""
+    image cell pending a fetch, and add them to the tallies. Returns how many rows were stored."""
     kept = [(table.columns.index(c.name), c.name, mappings.get(c.name)) for c in columns if c.type != "ignore"]
-    images = {c.name for c in columns if c.type == "image"}
+    images = [c.name for c in columns if c.type == "image"]
     source, folder, now, stored = str(table.path), table.path.parent, _now(), 0
+    tallies = Counter()
+    db.execute("INSERT INTO bulk_loads VALUES (?)", (dataset,))  # these rows are counted here (see the schema)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=table.count < 100_000) as progress:
         task = progress.add_task(description, total=table.count)
@@ -109,12 +112,19 @@ def _insert_rows(db, dataset: int, table: CsvTable, columns: list[Column], mappi
             db.executemany("INSERT INTO dataset_rows (dataset_id, row, line, source, data) VALUES (?, ?, ?, ?, ?)",
                            [(dataset, row, line, source, json.dumps(rec, ensure_ascii=False))
                             for row, (line, _), rec in zip(rows, chunk, records)])
+            media = [(dataset, row, col, local_ref(rec[col].strip(), folder), now)
+                     for row, rec in zip(rows, records) for col in images if rec[col].strip()]
             db.executemany("INSERT INTO media (dataset_id, row, column, ref, status, detail, updated_at) "
-                           "VALUES (?, ?, ?, ?, 'pending', '', ?)",
-                           [(dataset, row, col, local_ref(rec[col].strip(), folder), now)
-                            for row, rec in zip(rows, records) for col in images if rec[col].strip()])
+                           "VALUES (?, ?, ?, ?, 'pending', '', ?)", media)
+            tallies.update(("label", name, rec[name]) for rec in records for _, name, mapping in kept
+                           if mapping and rec[name] is not None)
+            tallies.update(("media", col, "pending") for _, _, col, _, _ in media)
             stored += len(chunk)
             progress.advance(task, len(chunk))
+    tallies["rows", "", ""] = stored
+    db.executemany("INSERT INTO tallies VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                   [(dataset, *key, n) for key, n in tallies.items()])
+    db.execute("DELETE FROM bulk_loads WHERE dataset_id = ?", (dataset,))
     return stored
 
 
