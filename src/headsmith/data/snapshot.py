@@ -135,7 +135,7 @@ def _duckdb(spill: Path):
     to `spill` beyond a fixed memory budget, so no snapshot size is too big for this machine."""
     import duckdb
 
-    db = duckdb.connect(config={"memory_limit": "128MB", "threads": 1, "temp_directory": str(spill),
+    db = duckdb.connect(config={"memory_limit": "256MB", "threads": 1, "temp_directory": str(spill),
                                 "preserve_insertion_order": False})
     return db
 
@@ -146,12 +146,17 @@ def _quoted(name: str) -> str:
 
 def conflicting_duplicates(data: Path, heads: list[str], spill: Path) -> Iterator[dict]:
     """Identical inputs labelled differently for the same head (the model is asked to learn both answers), per head
-    in the order of their first row."""
+    in the order of their first row. Grouped first by a 64-bit hash of the input (small, fixed-size groups that
+    spill to disk), then exactly by input among those candidates: a hash collision can only add a candidate."""
     db = _duckdb(spill)
     for head in heads:
-        found = db.execute(f"SELECT list(row ORDER BY row), list(DISTINCT label ORDER BY label) FROM "
-                           f"(SELECT row, input, {_quoted(head)} AS label FROM read_parquet(?) WHERE label IS NOT NULL) "
-                           "GROUP BY input HAVING COUNT(DISTINCT label) > 1 ORDER BY min(row)", [str(data)])
+        found = db.execute(
+            f"WITH labelled AS (SELECT row, input, {_quoted(head)} AS label FROM read_parquet(?) "
+            f"WHERE {_quoted(head)} IS NOT NULL), "
+            "candidates AS (SELECT hash(input) AS h FROM labelled GROUP BY h HAVING min(label) != max(label)) "
+            "SELECT list(row ORDER BY row), list(DISTINCT label ORDER BY label) FROM labelled "
+            "WHERE hash(input) IN (SELECT h FROM candidates) "
+            "GROUP BY input HAVING COUNT(DISTINCT label) > 1 ORDER BY min(row)", [str(data)])
         while batch := found.fetchmany(1000):
             yield from ({"head": head, "rows": rows, "labels": labels} for rows, labels in batch)
     db.close()
