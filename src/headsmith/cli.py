@@ -572,19 +572,33 @@ def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package f
           input_column: Annotated[str, typer.Option("--input", help="the column of texts or image URLs")] = "text",
           keep: Annotated[str, typer.Option(help="columns to carry through, e.g. id,created_at")] = "",
           chunk_rows: Annotated[int, typer.Option(help="rows read, scored and written at a time")] = 10_000,
-          batch_size: Annotated[int, typer.Option(help="inputs per forward pass")] = 64):
+          batch_size: Annotated[int, typer.Option(help="inputs per forward pass")] = 64,
+          engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data over an actor pool; "
+                                                   "pip install 'headsmith[ray]')")] = "local",
+          ray_address: Annotated[Optional[str], typer.Option(help="a running Ray cluster: auto, or "
+                                                                  "ray://HOST:10001 (default: a local Ray for the "
+                                                                  "job)")] = None,
+          workers: Annotated[int, typer.Option(help="--engine ray: actors, each holding the model once")] = 2,
+          threads_per_worker: Annotated[int, typer.Option(help="--engine ray: CPU threads of each actor")] = 1):
     """Score every row of a big file with every head: scores, decisions and a status per row, in input order.
-    Killed and run again with the same arguments, it goes on where it stopped."""
+    Killed and run again with the same arguments, it goes on where it stopped (with either engine)."""
     from headsmith.predictor import open_predictor
-    from headsmith.scoring import score_file
+    from headsmith.scoring import RayEngine, score_file
     from headsmith.workspace import Workspace
 
-    if chunk_rows < 1 or batch_size < 1:
-        raise HeadsmithError("--chunk-rows and --batch-size: whole numbers from 1")
+    if min(chunk_rows, batch_size, workers, threads_per_worker) < 1:
+        raise HeadsmithError("--chunk-rows, --batch-size, --workers and --threads-per-worker: whole numbers from 1")
+    if engine not in ("local", "ray"):
+        raise HeadsmithError(f"--engine {engine}: choose local or ray")
     predictor = open_predictor(Workspace(), model)
     predictor.batch_size = batch_size
     kept = [name.strip() for name in keep.split(",") if name.strip()]
-    manifest = score_file(predictor, source, out, input_column, kept, chunk_rows)
+    ray = RayEngine(predictor.package, batch_size, workers, threads_per_worker, ray_address) if engine == "ray" else None
+    try:
+        manifest = score_file(predictor, source, out, input_column, kept, chunk_rows, engine=ray)
+    finally:
+        if ray:
+            ray.shutdown()
     console.print(f"scored {manifest['rows']} rows of {source} with {predictor.name}: {out} "
                   f"({len(manifest['parts'])} parts)", highlight=False)
 

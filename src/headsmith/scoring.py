@@ -20,6 +20,7 @@ from headsmith.files import atomic_path, write_atomic
 from headsmith.predictor import Predictor
 
 MANIFEST = "_manifest.json"  # "_": Parquet readers of the folder skip it
+RAY_TASK_ROWS = 2048  # rows an actor scores per call: a chunk is shared among the actors
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -62,10 +63,11 @@ def content_hash(source: str) -> str:
 
 
 def score_file(predictor: Predictor, source: str, out: Path | str, input_column: str, keep: list[str] = (),
-               chunk_rows: int = 10_000) -> dict:
+               chunk_rows: int = 10_000, engine: "RayEngine | None" = None) -> dict:
     """Score every row of `source` into `out` (Parquet parts + _manifest.json, in input order): kept columns, `row`
     (the input's row number), `status` (ok, empty, or why an image failed), then per head its decision and each
-    class's score. Returns the manifest."""
+    class's score. `engine`: score on a Ray cluster instead of in this process (the same output). Returns the
+    manifest."""
     out = Path(out)
     options = {"input_column": input_column, "keep": list(keep), "chunk_rows": chunk_rows}
     job = hashlib.sha256(json.dumps({"model": _model_identity(predictor), "input": content_hash(source),
@@ -77,23 +79,109 @@ def score_file(predictor: Predictor, source: str, out: Path | str, input_column:
         return manifest
     out.mkdir(parents=True, exist_ok=True)
     done = len(manifest["parts"])
+    columns = list(dict.fromkeys([*keep, input_column]))
+
+    def todo() -> Iterator[pd.DataFrame]:  # the chunks not scored before the job was stopped, numbered
+        first = 0
+        for index, chunk in enumerate(read_chunks(source, chunk_rows, columns)):
+            chunk = chunk.reset_index(drop=True).assign(row=np.arange(first, first + len(chunk)))
+            first += len(chunk)
+            if index >= done:
+                yield chunk
+
+    scored = (engine.score(todo(), input_column, list(keep)) if engine
+              else (_score_chunk(predictor, chunk, input_column, list(keep)) for chunk in todo()))
     with Progress(transient=True) as progress:
         task = progress.add_task(f"scoring {source}", total=None, completed=manifest["rows"])
-        for index, chunk in enumerate(read_chunks(source, chunk_rows, list(dict.fromkeys([*keep, input_column])))):
-            if index < done:
-                continue  # scored before the job was stopped
-            first = manifest["rows"]
-            part = _score_chunk(predictor, chunk.reset_index(drop=True), input_column, list(keep), first)
+        for index, part in enumerate(scored, start=done):
             name = f"part-{index:06d}.parquet"  # names sort in input order
             with atomic_path(out / name) as tmp:
                 part.to_parquet(tmp, index=False)
-            manifest["parts"].append({"file": name, "rows": len(part), "first_row": first})
-            manifest["rows"] = first + len(part)
+            manifest["parts"].append({"file": name, "rows": len(part), "first_row": manifest["rows"]})
+            manifest["rows"] += len(part)
             write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))  # the part counts from here on
             progress.advance(task, len(part))
     manifest["done"] = True
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
+
+
+class RayEngine:
+    """Scoring on Ray: Ray Data `map_batches` over a pool of actors, each loading the model once and scoring with
+    `threads` threads; the chunks come back in input order. `address`: a running cluster ("auto", or
+    ray://HOST:10001); None starts a local Ray for the job, sized to the pool. The model package is read by the
+    workers from its path, so on a cluster it must be on storage they share."""
+
+    def __init__(self, package: Path, batch_size: int, workers: int = 2, threads: int = 1,
+                 address: str | None = None, window_rows: int = 100_000):
+        try:
+            import ray
+        except ImportError:
+            raise HeadsmithError("--engine ray needs Ray: pip install 'headsmith[ray]'") from None
+        self.package, self.batch_size, self.workers, self.threads = Path(package).resolve(), batch_size, workers, threads
+        self.window_rows = window_rows  # rows in flight at once: the pool is started again for each window
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=None if address else workers * threads, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+
+    def score(self, chunks: Iterator[pd.DataFrame], input_column: str, keep: list[str]) -> Iterator[pd.DataFrame]:
+        """Each chunk's scored part, in order."""
+        import ray
+
+        window: list[pd.DataFrame] = []
+        for chunk in chunks:
+            window.append(chunk)
+            if sum(len(c) for c in window) >= self.window_rows:
+                yield from self._window(ray, window, input_column, keep)
+                window = []
+        if window:
+            yield from self._window(ray, window, input_column, keep)
+
+    def _window(self, ray, chunks: list[pd.DataFrame], input_column: str, keep: list[str]) -> Iterator[pd.DataFrame]:
+        """Only the inputs travel; the kept columns stay here and join their scores as the local path has them."""
+        # One block per task: the pool hands out blocks, so blocks of RAY_TASK_ROWS keep every actor busy.
+        blocks = [c[["row", input_column]].iloc[i:i + RAY_TASK_ROWS] for c in chunks
+                  for i in range(0, len(c), RAY_TASK_ROWS)]
+        data = ray.data.from_pandas(blocks).map_batches(
+            _RayScorer, fn_constructor_args=(str(self.package), self.batch_size, self.threads, input_column),
+            batch_format="pandas", batch_size=None, num_cpus=self.threads,
+            compute=ray.data.ActorPoolStrategy(size=self.workers))
+        import pyarrow as pa
+
+        # Back through Arrow's own conversion, to the local path's types: parts of either engine make one dataset.
+        scored = pa.concat_tables(data.iter_batches(batch_format="pyarrow", batch_size=None)).to_pandas()
+        scored = scored.astype({c: "string" for c in scored if c.endswith(":decision")})
+        first = 0
+        for chunk in chunks:
+            part = scored.iloc[first:first + len(chunk)].reset_index(drop=True)
+            yield pd.concat([chunk[keep].reset_index(drop=True), part], axis=1)
+            first += len(chunk)
+
+    @staticmethod
+    def shutdown() -> None:
+        import ray
+
+        ray.shutdown()
+
+
+class _RayScorer:
+    """One Ray actor: the model loaded once, then RAY_TASK_ROWS rows scored per call."""
+
+    def __init__(self, package: str, batch_size: int, threads: int, input_column: str):
+        import torch
+
+        from headsmith.predictor import Predictor
+
+        torch.set_num_threads(threads)
+        self.predictor = Predictor(Path(package))
+        self.predictor.batch_size = batch_size
+        self.input_column = input_column
+
+    def __call__(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return _score_chunk(self.predictor, rows.reset_index(drop=True), self.input_column, keep=[])
 
 
 def _model_identity(predictor: Predictor) -> str:
@@ -118,8 +206,8 @@ def _manifest(out: Path, job: str) -> dict | None:
     return manifest
 
 
-def _score_chunk(predictor: Predictor, chunk: pd.DataFrame, input_column: str, keep: list[str],
-                 first: int) -> pd.DataFrame:
+def _score_chunk(predictor: Predictor, chunk: pd.DataFrame, input_column: str, keep: list[str]) -> pd.DataFrame:
+    """A chunk (with its `row` numbers) scored: kept columns, row, status, per head the decision and scores."""
     values = chunk[input_column].tolist()
     status = ["ok"] * len(values)
     inputs: list = [None] * len(values)
@@ -135,7 +223,7 @@ def _score_chunk(predictor: Predictor, chunk: pd.DataFrame, input_column: str, k
             inputs[i] = str(value)
     scored = [i for i, s in enumerate(status) if s == "ok"]
     columns = {name: chunk[name] for name in keep}
-    columns["row"] = np.arange(first, first + len(chunk))
+    columns["row"] = chunk["row"].to_numpy()
     columns["status"] = status
     scores = predictor.net.scores([inputs[i] for i in scored], predictor.batch_size, by_length=True) if scored else {}
     for head, classes in predictor.card.heads.items():

@@ -31,7 +31,7 @@ from headsmith.serving.auth import key_hash, new_key, write_key_file
 from headsmith.workspace import Workspace
 
 TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
-TRAINING_ONLY = {"peft", "accelerate", "duckdb"}  # LoRA adapters are merged before packaging; duckdb is data work
+TRAINING_ONLY = {"peft", "accelerate", "duckdb", "ray"}  # LoRA adapters are merged before packaging; data work
 DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 1000, "max_inputs": 64, "max_text_chars": 10_000,
             "allow_urls": False, "max_body_bytes": 32 * 2**20, "max_image_bytes": 20 * 2**20}
 
