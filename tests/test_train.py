@@ -71,6 +71,28 @@ def test_embedding_cache_is_computed_once_and_equals_the_backbone(compose, revie
     assert torch.allclose(cache.features(reviews_snapshot, backbone)[:5], direct, atol=1e-5)
 
 
+def test_the_embedding_cache_is_sharded_and_read_a_batch_at_a_time(reviews_snapshot, workspace, tiny_backbone,
+                                                                   monkeypatch):
+    """Shards of 100 rows (65,536 in use): any rows, in any order, across shards, are the backbone's own; the
+    object a DataLoader worker receives maps the files again instead of carrying their bytes."""
+    import pickle
+
+    import headsmith.training.embedding_cache as cache_module
+    from headsmith.models.backbones import text_backbone
+
+    monkeypatch.setattr(cache_module, "SHARD_ROWS", 100)
+    backbone = text_backbone(str(tiny_backbone))
+    features = EmbeddingCache(workspace).features(reviews_snapshot, backbone)
+    assert features.shape == (240, backbone.out_dim) and len(list(features.folder.glob("shard-*.npy"))) == 3
+    rows = [239, 0, 150, 99, 100, 0]
+    texts = reviews_snapshot.frame()["input"].tolist()
+    with torch.no_grad():
+        direct = backbone.eval()(backbone.preprocess([texts[i] for i in rows]))
+    assert torch.allclose(features[rows], direct, atol=1e-5)
+    assert torch.equal(pickle.loads(pickle.dumps(features))[rows], features[rows])
+    assert len(pickle.dumps(features)) < 1000
+
+
 @pytest.mark.parametrize("mode, trained_blocks", [("partial", 1), ("full", 2)])
 def test_partial_and_full_backbone_modes_train(compose, reviews_snapshot, tiny_backbone, mode, trained_blocks):
     from transformers import AutoModel

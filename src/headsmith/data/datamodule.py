@@ -60,7 +60,7 @@ def balanced_weights(counts: np.ndarray) -> np.ndarray:
 
 class LabelledRows(Dataset):
     def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], inputs=None):
-        self.inputs = inputs if inputs is not None else frame["input"].tolist()  # or embeddings, or row positions
+        self.inputs = inputs if inputs is not None else frame["input"].tolist()  # or row positions
         self.labels = {
             head: torch.tensor(frame[head].map({c: i for i, c in enumerate(names)}).fillna(UNLABELLED)
                                .astype("int64").to_numpy())
@@ -132,7 +132,7 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
 
-        self.features: dict[str, torch.Tensor] | None = None  # split -> precomputed embeddings, see use_features
+        self.features: dict | None = None  # split -> its snapshot's cached embeddings, see use_features
         self.trunks: dict | None = None  # split -> cached token states of its snapshot, see use_trunk
         frame = self.snapshot.frame().rename_axis("position").reset_index()  # position: row in the snapshot
         frame = frame[frame[heads].notna().any(axis=1)]  # rows that label none of the trained heads teach nothing
@@ -154,11 +154,11 @@ class SnapshotDataModule(pl.LightningDataModule):
             weights[head] = torch.tensor(balanced_weights(counts), dtype=torch.float32)
         return weights
 
-    def use_features(self, features_of: Callable[[Snapshot], torch.Tensor]) -> None:
-        """Serve precomputed embeddings (rows of `features_of(snapshot)`) instead of raw inputs."""
+    def use_features(self, features_of: Callable[[Snapshot], object]) -> None:
+        """Serve precomputed embeddings instead of raw inputs: `features_of(snapshot)[positions]`, read a batch at
+        a time (the cache is memory-mapped: a split is never copied whole)."""
         sources = {"train": self.snapshot, "val": self.snapshot, "test": self.test_snapshot or self.snapshot}
-        self.features = {part: features_of(sources[part])[torch.tensor(rows["position"].to_numpy())]
-                         for part, rows in self.splits.items()}
+        self.features = {part: features_of(source) for part, source in sources.items()}
 
     def use_trunk(self, trunk_of: Callable[[Snapshot], object]) -> None:
         """Serve the cached trunk (`trunk_of(snapshot).batch(positions)`: token states or feature maps) instead of
@@ -169,7 +169,7 @@ class SnapshotDataModule(pl.LightningDataModule):
     def _collate(self, items, part: str):
         inputs, labels = zip(*items)
         if self.features:
-            batch = {"features": torch.stack(inputs)}
+            batch = {"features": self.features[part][list(inputs)]}
         elif self.trunks:
             batch = self.trunks[part].batch(list(inputs))
         else:
@@ -177,8 +177,7 @@ class SnapshotDataModule(pl.LightningDataModule):
         return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
 
     def _loader(self, part: str) -> DataLoader:
-        inputs = (self.features[part] if self.features
-                  else self.splits[part]["position"].tolist() if self.trunks else None)
+        inputs = self.splits[part]["position"].tolist() if self.features or self.trunks else None
         rows = LabelledRows(self.splits[part], self.classes, inputs)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)

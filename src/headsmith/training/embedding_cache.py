@@ -19,12 +19,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from headsmith.data.snapshot import Snapshot
+from headsmith.data.snapshot import DATA_FILE, Snapshot
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.report import console
-from headsmith.files import atomic_path
 from headsmith.models.net import batched, evaluating
 from headsmith.workspace import Workspace
 
@@ -49,6 +47,46 @@ def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] 
     return out["embedding"] if out else torch.empty(0, backbone.out_dim)
 
 
+SHARD_ROWS = 65_536  # embeddings per shard file (96 MiB at 384 dimensions): what computing them holds at once
+
+
+class Embeddings:
+    """A snapshot's embeddings, row after row, in shards memory-mapped from the cache: `embeddings[positions]`
+    reads only those rows, so no size of snapshot is held in memory at once."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.shards = [np.load(f, mmap_mode="r") for f in sorted(folder.glob("shard-*.npy"))]
+        self.starts = np.cumsum([0, *(len(shard) for shard in self.shards)])
+        self.dim = self.shards[0].shape[1] if self.shards else 0
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    def __getitem__(self, index) -> torch.Tensor:
+        positions = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        shard = np.searchsorted(self.starts, positions, side="right") - 1
+        for k in np.unique(shard):
+            mine = shard == k
+            out[mine] = self.shards[k][positions[mine] - self.starts[k]]
+        return torch.from_numpy(out)
+
+    def numpy(self) -> np.ndarray:
+        """All of them in memory (a solve fits on every row at once)."""
+        return np.concatenate(self.shards) if self.shards else np.zeros((0, self.dim), np.float32)
+
+    def __getstate__(self):  # to a DataLoader worker: the folder, not the mapped bytes
+        return {"folder": self.folder}
+
+    def __setstate__(self, state):
+        self.__init__(state["folder"])
+
+
 class EmbeddingCache:
     def __init__(self, workspace: Workspace):
         self.folder = workspace.root / "cache" / "embeddings"
@@ -57,36 +95,49 @@ class EmbeddingCache:
     def path(self, snapshot: Snapshot, backbone: torch.nn.Module) -> Path:
         if id(backbone) not in self._ids:
             self._ids[id(backbone)] = backbone_id(backbone)
-        return self.folder / f"{snapshot.manifest.sha256[:16]}-{self._ids[id(backbone)][:16]}.safetensors"
+        return self.folder / f"{snapshot.manifest.sha256[:16]}-{self._ids[id(backbone)][:16]}"
 
-    def features(self, snapshot: Snapshot, backbone: torch.nn.Module) -> torch.Tensor:
-        """Embeddings of every row of the snapshot, in the order of `snapshot.frame()`. Processes that ask at once
-        (DDP ranks, parallel runs) wait for one of them to compute them."""
+    def features(self, snapshot: Snapshot, backbone: torch.nn.Module) -> Embeddings:
+        """Embeddings of every row of the snapshot, in the order of its data file. Computed a shard at a time from
+        the snapshot's Parquet batches; processes that ask at once (DDP ranks, parallel runs) wait for one of them."""
         path = self.path(snapshot, backbone)
 
-        def compute() -> None:
-            started = time.monotonic()
-            features = embed(backbone, snapshot.frame()["input"].tolist(), load=snapshot.load_inputs,
-                             description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)")
-            with atomic_path(path) as tmp:  # readers see the whole file or none
-                save_file({"embeddings": features}, tmp)
-            console.print(f"embedded {len(features)} rows of snapshot '{snapshot.manifest.name}' in "
+        def fill(folder: Path) -> None:
+            import pyarrow.parquet as pq
+
+            started, rows = time.monotonic(), snapshot.manifest.rows
+            data = pq.ParquetFile(snapshot.path / DATA_FILE)
+            for k, batch in enumerate(data.iter_batches(batch_size=SHARD_ROWS, columns=["input"])):
+                first = k * SHARD_ROWS
+                features = embed(backbone, batch.column(0).to_pylist(), load=snapshot.load_inputs,
+                                 description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)"
+                                 + (f": rows {first + 1:,}-{first + batch.num_rows:,} of {rows:,}"
+                                    if rows > SHARD_ROWS else ""))
+                np.save(folder / f"shard-{k:06d}.npy", features.numpy())
+            console.print(f"embedded {rows} rows of snapshot '{snapshot.manifest.name}' in "
                           f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
 
-        computed_once(path, compute)
-        return load_file(path)["embeddings"]
+        computed_once(path, fill)
+        return Embeddings(path)
 
 
-def computed_once(path: Path, compute: Callable[[], None]) -> None:
-    """Makes sure `path` exists: `compute()` writes it whole (readers see all of it or nothing) unless it is there.
-    Processes that ask at once wait for the one that computes it, under a lock file beside it."""
+def computed_once(path: Path, fill: Callable[[Path], None]) -> None:
+    """Makes sure the folder `path` exists: `fill(staging)` writes it into a staging folder beside it, renamed
+    into place when whole (readers see all of it or nothing), unless it is there. Processes that ask at once
+    wait for the one that computes it, under a lock file beside it."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():  # else computed by another process while this one waited
-            compute()
+        if path.exists():  # computed by another process while this one waited
+            return
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path.parent))
+        try:
+            fill(staging)
+            os.rename(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class TrunkStates:
@@ -145,22 +196,17 @@ class TrunkCache:
         (TrunkMaps). Processes that ask at once wait for one of them to compute them."""
         path = self.path(snapshot, backbone, cut)
 
-        def compute() -> None:
+        def fill(folder: Path) -> None:
             started = time.monotonic()
-            staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=path.parent))
-            try:
-                _compute_trunk(snapshot, backbone, cut, staging)
-                os.rename(staging, path)  # readers see the whole folder or none
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            states = _read_trunk(path, cut)
+            _compute_trunk(snapshot, backbone, cut, folder)
+            states = _read_trunk(folder, cut)
             what = "feature maps" if isinstance(states, TrunkMaps) else "token states"
-            size = sum(f.stat().st_size for f in path.iterdir())
+            size = sum(f.stat().st_size for f in folder.iterdir())
             console.print(f"cached the {what} entering block {cut} of {len(states.lengths)} rows of snapshot "
                           f"'{snapshot.manifest.name}' ({size / 2**20:.0f} MiB) in {time.monotonic() - started:.1f} "
                           f"s: {path}", highlight=False)
 
-        computed_once(path, compute)
+        computed_once(path, fill)
         return _read_trunk(path, cut)
 
 
