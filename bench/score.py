@@ -38,6 +38,7 @@ def main() -> int:
 
     from headsmith.data.examples import rotten_tomatoes
     from headsmith.predictor import open_predictor
+    from headsmith.engines import RayOptions, stop_ray
     from headsmith.scoring import RayEngine, score_file
     from headsmith.workspace import Workspace
 
@@ -62,13 +63,13 @@ def main() -> int:
         columns = [f"{head}:score:{label}" for label in classes]
         difference = float(np.abs(scored[columns].to_numpy() - limit[head].numpy()).max())
         if args.ray:
-            engine = RayEngine(predictor.package, predictor.batch_size, workers=2, threads=1)
+            engine = RayEngine(predictor.package, predictor.batch_size, RayOptions(workers=2, threads=1))
             try:  # the actors' start and model loads are part of the time
                 start = time.perf_counter()
                 score_file(predictor, str(folder / "backlog.csv"), folder / "ray", "text", ["id"], engine=engine)
                 on_ray = time.perf_counter() - start
             finally:
-                engine.shutdown()
+                stop_ray()
             by_ray = pd.read_parquet(folder / "ray")
             exact = [c for c in scored.columns if ":score:" not in c]
             same = by_ray[exact].equals(scored[exact]) and float(

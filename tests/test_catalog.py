@@ -121,3 +121,18 @@ def test_import_streams_samples_types_and_merges_labels_from_every_row(workspace
     assert "column 'kind': 'Eggs' (1 rows) merged into 'eggs' (they differ only in case)" in notes
     assert "column 'kind': 1 labels had stray whitespace, removed" in notes
     assert summary(workspace, "big")["classes"]["kind"] == {"ham": 151, "spam": 151, "eggs": 3}
+
+
+def test_a_snapshot_reads_inputs_by_position_from_a_memory_mapped_copy(workspace, reviews_snapshot):
+    """What training holds per row is its labels and position; inputs are read a batch at a time."""
+    frame = reviews_snapshot.frame()
+    labels = reviews_snapshot.labels()
+    assert "input" not in labels and labels["position"].tolist() == list(range(240))
+    pd.testing.assert_frame_equal(labels.drop(columns="position"), frame.drop(columns="input"))
+    rows = [239, 0, 17, 17, 120]
+    assert reviews_snapshot.inputs(rows) == frame["input"].iloc[rows].tolist()
+    copy, = (workspace.root / "cache" / "inputs").glob("*.arrow")
+    stamp = copy.stat().st_mtime_ns
+    assert load_snapshot(workspace, "reviews").inputs([5]) == [frame["input"][5]] and copy.stat().st_mtime_ns == stamp
+    hashes = reviews_snapshot.input_hashes()
+    assert len(hashes) == 240 and len(set(hashes.tolist())) == frame["input"].nunique()

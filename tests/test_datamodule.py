@@ -52,7 +52,9 @@ def test_leakage_between_train_and_held_out_parts(workspace, tmp_path):
     dm = SnapshotDataModule("dupes", workspace=workspace, preprocess=None, val_fraction=0.2, test_fraction=0.2)
     report = dm.leakage()
     test = dm.splits["test"]
-    expected = test[test["input"].isin(set(dm.splits["train"]["input"]))]
+    assert "input" not in test  # the splits hold positions and labels; inputs are read a batch at a time
+    inputs = dm.snapshot.inputs
+    expected = test[pd.Series(inputs(test["position"])).isin(set(inputs(dm.splits["train"]["position"]))).to_numpy()]
     assert report["train_test_overlap"]["rows"] == len(expected) > 0
     assert report["train_test_overlap"]["examples"] == expected["row"].head(10).tolist()
     assert report["conflicting_duplicates"] == 50  # "review i" is both yes and no

@@ -103,7 +103,7 @@ def test_solved_run_reports_its_search_and_matches_scikit_learn(compose, reviews
         features[rows["position"]].astype(np.float64), (rows["sentiment"] == "positive").to_numpy())
     test = splits["test"]
     model = load_model(run / "model")
-    ours = np.array([p["sentiment"]["positive"] for p in model.predict(test["input"].tolist())])
+    ours = np.array([p["sentiment"]["positive"] for p in model.predict(reviews_snapshot.inputs(test["position"]))])
     assert np.abs(ours - reference.predict_proba(features[test["position"]].astype(np.float64))[:, 1]).max() < 1e-3
 
 

@@ -81,7 +81,7 @@ def test_thresholds_are_stored_in_the_package_and_applied_by_predict(compose, re
     # predict, on the raw validation texts, flags exactly as recorded when the thresholds were chosen
     val = objects["datamodule"].splits["val"]
     val = val[val["sentiment"].notna()]
-    answers = Predictor(package).predict(val["input"].tolist())
+    answers = Predictor(package).predict(objects["datamodule"].snapshot.inputs(val["position"]))
     for label in ("negative", "positive"):
         flagged = np.array([[c["flagged"] for c in a["sentiment"]["classes"] if c["class"] == label][0]
                             for a in answers])

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from headsmith import load_model
+from headsmith.errors import ConfigError
 from headsmith.training.embedding_cache import EmbeddingCache
 from headsmith.training.train import train
 
@@ -241,3 +242,25 @@ def test_wandb_offline_run_holds_config_metrics_report_and_model(compose, review
     synced = subprocess.run([str(Path(sys.executable).with_name("wandb")), "sync", "--dry-run", str(folder)],
                             capture_output=True, text=True, timeout=120)
     assert "Would sync 1 run(s)" in synced.stdout + synced.stderr
+
+
+def test_the_embedding_cache_filled_on_ray_equals_the_local_one(compose, reviews_snapshot, workspace, tiny_backbone,
+                                                                monkeypatch):
+    """`ray={workers: 2, threads_per_worker: 1}`: the shards are embedded by a local Ray's actors and written in
+    order; a training run reads them as it reads its own."""
+    import headsmith.training.embedding_cache as cache_module
+    from headsmith.engines import RayOptions, stop_ray
+    from headsmith.models.backbones import text_backbone
+    from headsmith.training.embedding_cache import embed
+
+    monkeypatch.setattr(cache_module, "SHARD_ROWS", 100)
+    backbone = text_backbone(str(tiny_backbone))
+    try:
+        on_ray = EmbeddingCache(workspace, RayOptions(workers=2, threads=1)).features(reviews_snapshot, backbone)
+    finally:
+        stop_ray()
+    assert len(list(on_ray.folder.glob("shard-*.npy"))) == 3
+    here = embed(backbone, reviews_snapshot.frame()["input"].tolist())
+    assert on_ray.shape == tuple(here.shape) and float((on_ray[:] - here).abs().max()) < 1e-5
+    with pytest.raises(ConfigError, match="ray.workers and ray.threads_per_worker: whole numbers from 1"):
+        train(compose("dataset.snapshot=reviews", "ray={workers: 0}"))

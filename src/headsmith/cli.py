@@ -582,6 +582,7 @@ def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package f
           threads_per_worker: Annotated[int, typer.Option(help="--engine ray: CPU threads of each actor")] = 1):
     """Score every row of a big file with every head: scores, decisions and a status per row, in input order.
     Killed and run again with the same arguments, it goes on where it stopped (with either engine)."""
+    from headsmith.engines import RayOptions, stop_ray
     from headsmith.predictor import open_predictor
     from headsmith.scoring import RayEngine, score_file
     from headsmith.workspace import Workspace
@@ -593,12 +594,13 @@ def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package f
     predictor = open_predictor(Workspace(), model)
     predictor.batch_size = batch_size
     kept = [name.strip() for name in keep.split(",") if name.strip()]
-    ray = RayEngine(predictor.package, batch_size, workers, threads_per_worker, ray_address) if engine == "ray" else None
+    ray = (RayEngine(predictor.package, batch_size, RayOptions(ray_address, workers, threads_per_worker))
+           if engine == "ray" else None)
     try:
         manifest = score_file(predictor, source, out, input_column, kept, chunk_rows, engine=ray)
     finally:
         if ray:
-            ray.shutdown()
+            stop_ray()
     console.print(f"scored {manifest['rows']} rows of {source} with {predictor.name}: {out} "
                   f"({len(manifest['parts'])} parts)", highlight=False)
 

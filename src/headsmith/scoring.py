@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 from rich.progress import Progress
 
+from headsmith.engines import RAY_TASK_ROWS, RayOptions
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.thresholds import decide
 from headsmith.files import atomic_path, write_atomic
 from headsmith.predictor import Predictor
 
 MANIFEST = "_manifest.json"  # "_": Parquet readers of the folder skip it
-RAY_TASK_ROWS = 2048  # rows an actor scores per call: a chunk is shared among the actors
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -107,50 +107,36 @@ def score_file(predictor: Predictor, source: str, out: Path | str, input_column:
 
 
 class RayEngine:
-    """Scoring on Ray: Ray Data `map_batches` over a pool of actors, each loading the model once and scoring with
-    `threads` threads; the chunks come back in input order. `address`: a running cluster ("auto", or
-    ray://HOST:10001); None starts a local Ray for the job, sized to the pool. The model package is read by the
-    workers from its path, so on a cluster it must be on storage they share."""
+    """Scoring on Ray: Ray Data `map_batches` over a pool of actors, each loading the model once; the chunks come
+    back in input order. The model package is read by the actors from its path, so on a cluster it must be on
+    storage they share."""
 
-    def __init__(self, package: Path, batch_size: int, workers: int = 2, threads: int = 1,
-                 address: str | None = None, window_rows: int = 100_000):
-        try:
-            import ray
-        except ImportError:
-            raise HeadsmithError("--engine ray needs Ray: pip install 'headsmith[ray]'") from None
-        self.package, self.batch_size, self.workers, self.threads = Path(package).resolve(), batch_size, workers, threads
+    def __init__(self, package: Path, batch_size: int, options: RayOptions, window_rows: int = 100_000):
+        self.package, self.batch_size, self.options = Path(package).resolve(), batch_size, options
         self.window_rows = window_rows  # rows in flight at once: the pool is started again for each window
-        if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else workers * threads, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True
-        context.enable_progress_bars = False
+        self.ray = options.start()
 
     def score(self, chunks: Iterator[pd.DataFrame], input_column: str, keep: list[str]) -> Iterator[pd.DataFrame]:
         """Each chunk's scored part, in order."""
-        import ray
-
         window: list[pd.DataFrame] = []
         for chunk in chunks:
             window.append(chunk)
             if sum(len(c) for c in window) >= self.window_rows:
-                yield from self._window(ray, window, input_column, keep)
+                yield from self._window(window, input_column, keep)
                 window = []
         if window:
-            yield from self._window(ray, window, input_column, keep)
+            yield from self._window(window, input_column, keep)
 
-    def _window(self, ray, chunks: list[pd.DataFrame], input_column: str, keep: list[str]) -> Iterator[pd.DataFrame]:
+    def _window(self, chunks: list[pd.DataFrame], input_column: str, keep: list[str]) -> Iterator[pd.DataFrame]:
         """Only the inputs travel; the kept columns stay here and join their scores as the local path has them."""
+        import pyarrow as pa
+
         # One block per task: the pool hands out blocks, so blocks of RAY_TASK_ROWS keep every actor busy.
         blocks = [c[["row", input_column]].iloc[i:i + RAY_TASK_ROWS] for c in chunks
                   for i in range(0, len(c), RAY_TASK_ROWS)]
-        data = ray.data.from_pandas(blocks).map_batches(
-            _RayScorer, fn_constructor_args=(str(self.package), self.batch_size, self.threads, input_column),
-            batch_format="pandas", batch_size=None, num_cpus=self.threads,
-            compute=ray.data.ActorPoolStrategy(size=self.workers))
-        import pyarrow as pa
-
+        data = self.ray.data.from_pandas(blocks).map_batches(
+            _RayScorer, fn_constructor_args=(str(self.package), self.batch_size, self.options.threads, input_column),
+            batch_format="pandas", batch_size=None, **self.options.pool(self.ray))
         # Back through Arrow's own conversion, to the local path's types: parts of either engine make one dataset.
         scored = pa.concat_tables(data.iter_batches(batch_format="pyarrow", batch_size=None)).to_pandas()
         scored = scored.astype({c: "string" for c in scored if c.endswith(":decision")})
@@ -159,12 +145,6 @@ class RayEngine:
             part = scored.iloc[first:first + len(chunk)].reset_index(drop=True)
             yield pd.concat([chunk[keep].reset_index(drop=True), part], axis=1)
             first += len(chunk)
-
-    @staticmethod
-    def shutdown() -> None:
-        import ray
-
-        ray.shutdown()
 
 
 class _RayScorer:

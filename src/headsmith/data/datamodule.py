@@ -59,8 +59,10 @@ def balanced_weights(counts: np.ndarray) -> np.ndarray:
 
 
 class LabelledRows(Dataset):
-    def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]], inputs=None):
-        self.inputs = inputs if inputs is not None else frame["input"].tolist()  # or row positions
+    """A split's rows as (position in its snapshot, labels); the collate function reads what a batch needs."""
+
+    def __init__(self, frame: pd.DataFrame, classes: dict[str, list[str]]):
+        self.inputs = frame["position"].to_numpy()
         self.labels = {
             head: torch.tensor(frame[head].map({c: i for i, c in enumerate(names)}).fillna(UNLABELLED)
                                .astype("int64").to_numpy())
@@ -134,12 +136,13 @@ class SnapshotDataModule(pl.LightningDataModule):
 
         self.features: dict | None = None  # split -> its snapshot's cached embeddings, see use_features
         self.trunks: dict | None = None  # split -> cached token states of its snapshot, see use_trunk
-        frame = self.snapshot.frame().rename_axis("position").reset_index()  # position: row in the snapshot
+        # Every row but its input (read a batch at a time, see _collate): position is the row in the snapshot.
+        frame = self.snapshot.labels()
         frame = frame[frame[heads].notna().any(axis=1)]  # rows that label none of the trained heads teach nothing
         held_out = {"val": val_fraction} if self.test_snapshot else {"val": val_fraction, "test": test_fraction}
         self.splits = stratified_split(frame, heads, held_out, seed)
         if self.test_snapshot:
-            test = self.test_snapshot.frame().rename_axis("position").reset_index()
+            test = self.test_snapshot.labels()
             self.splits["test"] = test[test[heads].notna().any(axis=1)].reset_index(drop=True)
         for part, rows in self.splits.items():
             if rows.empty:
@@ -167,18 +170,19 @@ class SnapshotDataModule(pl.LightningDataModule):
         self.trunks = {part: trunk_of(source) for part, source in sources.items()}
 
     def _collate(self, items, part: str):
-        inputs, labels = zip(*items)
+        positions, labels = zip(*items)
+        positions = [int(p) for p in positions]
         if self.features:
-            batch = {"features": self.features[part][list(inputs)]}
+            batch = {"features": self.features[part][positions]}
         elif self.trunks:
-            batch = self.trunks[part].batch(list(inputs))
+            batch = self.trunks[part].batch(positions)
         else:
-            batch = self.preprocess(self.snapshot.load_inputs(list(inputs)), train=part == "train")
+            source = self.test_snapshot if part == "test" and self.test_snapshot else self.snapshot
+            batch = self.preprocess(source.load_inputs(source.inputs(positions)), train=part == "train")
         return {"inputs": batch, "labels": {h: torch.stack([lab[h] for lab in labels]) for h in self.heads}}
 
     def _loader(self, part: str) -> DataLoader:
-        inputs = self.splits[part]["position"].tolist() if self.features or self.trunks else None
-        rows = LabelledRows(self.splits[part], self.classes, inputs)
+        rows = LabelledRows(self.splits[part], self.classes)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
         collate = functools.partial(self._collate, part=part)
@@ -212,11 +216,15 @@ class SnapshotDataModule(pl.LightningDataModule):
 
     def leakage(self) -> dict:
         """Inputs (texts, or images by hash) found in training and in a held-out part: they inflate held-out metrics.
-        Also the snapshot's own identical inputs with conflicting labels."""
-        seen = set(self.splits["train"]["input"])
+        Compared by 64-bit hashes of the inputs, never all held at once. Also the snapshot's own identical inputs
+        with conflicting labels."""
+        hashes = self.snapshot.input_hashes()
+        seen = hashes[self.splits["train"]["position"].to_numpy()]
         report = {}
         for part in ("val", "test"):
-            shared = self.splits[part][self.splits[part]["input"].isin(seen)]
+            source = self.test_snapshot if part == "test" and self.test_snapshot else self.snapshot
+            mine = (hashes if source is self.snapshot else source.input_hashes())[self.splits[part]["position"]]
+            shared = self.splits[part][np.isin(mine, seen)]
             report[f"train_{part}_overlap"] = {"rows": len(shared), "examples": shared["row"].head(10).tolist()}
         report["conflicting_duplicates"] = self.snapshot.manifest.leakage.get("conflicting_duplicates", 0)
         return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from rich.progress import track
@@ -22,7 +24,7 @@ from rich.progress import track
 from headsmith.data.dataset import check_name, file_sha256, get_dataset, row_chunks, summary
 from headsmith.data.media import BlobStore, DamagedBlob
 from headsmith.errors import HeadsmithError, SnapshotError
-from headsmith.files import publish_folder
+from headsmith.files import atomic_path, publish_folder
 from headsmith.workspace import Workspace
 
 FORMAT_VERSION = 2  # 2: the invalid rows and conflicting duplicates are files beside the manifest, not in it
@@ -81,11 +83,53 @@ class Snapshot:
     manifest: SnapshotManifest
     path: Path
     blobs: BlobStore
+    cache: Path  # the workspace's cache folder: `inputs` keeps a memory-mapped copy of the input column there
 
-    def frame(self) -> pd.DataFrame:
+    def frame(self, columns: list[str] | None = None) -> pd.DataFrame:
         """The rows: `row` (in the dataset), `input` (text, or an image's sha256 with its URL in `source`), and one
-        label column per head (None = unlabelled)."""
-        return pd.read_parquet(self.path / DATA_FILE)
+        label column per head (None = unlabelled); or only `columns`."""
+        return pd.read_parquet(self.path / DATA_FILE, columns=columns)
+
+    def labels(self) -> pd.DataFrame:
+        """Every column but `input` (which `inputs` reads a batch at a time), with `position`: the row's place in
+        the data file. What splits, training and metrics hold for every row."""
+        import pyarrow.parquet as pq
+
+        names = [name for name in pq.read_schema(self.path / DATA_FILE).names if name != "input"]
+        return self.frame(names).rename_axis("position").reset_index()
+
+    def inputs(self, positions) -> list:
+        """The stored inputs (texts, or images' sha256) at `positions`, from a memory-mapped Arrow copy of the input
+        column: reading a batch loads only its rows, whatever the snapshot's size."""
+        import pyarrow as pa
+
+        return self._input_column.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
+
+    def input_hashes(self) -> np.ndarray:
+        """A 64-bit hash of every row's input, in row order: inputs compared across millions of rows in 8 bytes
+        each (two different inputs share a hash about once in 10^19 pairs)."""
+        import pyarrow.compute as pc
+
+        return np.concatenate([pd.util.hash_array(np.asarray(chunk.to_numpy(zero_copy_only=False), dtype=object))
+                               for chunk in pc.cast(self._input_column, "string").chunks] or [np.zeros(0, np.uint64)])
+
+    def __getstate__(self):  # to a Ray actor or a DataLoader worker: the paths, not the mapped input column
+        return {key: value for key, value in self.__dict__.items() if key != "_input_column"}
+
+    @functools.cached_property
+    def _input_column(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.cache / "inputs" / f"{self.manifest.sha256[:32]}.arrow"
+        if not path.exists():  # made once per snapshot; two processes making it at once write the same bytes
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = pq.ParquetFile(self.path / DATA_FILE)
+            schema = pa.schema([data.schema_arrow.field("input")])
+            with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
+                for batch in data.iter_batches(batch_size=65_536, columns=["input"]):
+                    writer.write_batch(batch)
+        return pa.ipc.open_file(pa.memory_map(str(path))).read_all().column("input")
 
     def invalid_rows(self) -> Iterator[dict]:
         """The rows left out, in row order: {row, line, reason}."""
@@ -373,7 +417,7 @@ def _publish(workspace: Workspace, staging: Path, rows: int, **fields) -> Snapsh
     except sqlite3.IntegrityError:  # another process took the name (or the same rows) a moment ago
         raise SnapshotError(f"snapshot '{manifest.name}' ({manifest.id}) was created by another process just now; "
                             "pick another name") from None
-    return Snapshot(manifest, final, BlobStore(workspace.blobs_dir))
+    return Snapshot(manifest, final, BlobStore(workspace.blobs_dir), workspace.root / "cache")
 
 
 def list_snapshots(workspace: Workspace) -> list[dict]:
@@ -395,7 +439,7 @@ def load_snapshot(workspace: Workspace, ref: str) -> Snapshot:
     if actual != manifest.sha256:
         raise SnapshotError(f"snapshot '{manifest.name}' ({path / DATA_FILE}) does not match its sha256: expected "
                             f"{manifest.sha256}, found {actual}. It was changed after it was created; create it again.")
-    return Snapshot(manifest, path, BlobStore(workspace.blobs_dir))
+    return Snapshot(manifest, path, BlobStore(workspace.blobs_dir), workspace.root / "cache")
 
 
 def diff_snapshots(a: Snapshot, b: Snapshot) -> dict:

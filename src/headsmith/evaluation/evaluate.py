@@ -27,10 +27,12 @@ def score_rows(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame, featu
     """Softmax scores per head, one row per row of `frame` (rows of `snapshot`; `position` is their index in it).
     `features`: the frozen backbone's embeddings of the whole snapshot, when cached."""
     description = f"scoring {len(frame)} rows of '{snapshot.manifest.name}'"
+    positions = frame["position"].tolist()
     if features is not None:
-        scores = net.scores(frame["position"].tolist(), batch_size, features=features, description=description)
+        scores = net.scores(positions, batch_size, features=features, description=description)
     else:
-        scores = net.scores(frame["input"].tolist(), batch_size, load=snapshot.load_inputs, description=description)
+        scores = net.scores(positions, batch_size, load=lambda batch: snapshot.load_inputs(snapshot.inputs(batch)),
+                            description=description)
     return {h: scores[h].numpy() if scores else np.zeros((0, len(net.classes[h]))) for h in net.classes}
 
 
@@ -71,7 +73,7 @@ class Evaluation:
 
     def predictions(self) -> pd.DataFrame:
         """One row per evaluated row: its label, the top class, the threshold decision and every class's score."""
-        columns = {"row": self.frame["row"], "input": self.frame["input"]}
+        columns = {"row": self.frame["row"], "input": self.snapshot.inputs(self.frame["position"])}
         if "source" in self.frame:
             columns["source"] = self.frame["source"]
         for head, classes in self.classes.items():
@@ -124,7 +126,7 @@ def evaluate(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame | None =
              features: torch.Tensor | None = None, model: dict | None = None, split: str = "all") -> Evaluation:
     """Evaluate `net` on `frame` (default: every row of the snapshot) for each head both have."""
     if frame is None:
-        frame = snapshot.frame().rename_axis("position").reset_index()
+        frame = snapshot.labels()
     heads = [h for h in net.classes if h in snapshot.manifest.heads]
     frame = frame[frame[heads].notna().any(axis=1)] if heads else frame.iloc[:0]
     return Evaluation(net, snapshot, frame, score_rows(net, snapshot, frame, features), model or {}, split)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -19,8 +20,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from rich.progress import Progress
 
 from headsmith.data.snapshot import DATA_FILE, Snapshot
+from headsmith.engines import RAY_TASK_ROWS, RayOptions
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.report import console
 from headsmith.models.net import batched, evaluating
@@ -38,7 +41,7 @@ def backbone_id(backbone: torch.nn.Module, state: dict[str, torch.Tensor] | None
 
 
 def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] = list, batch_size: int = 128,
-          description: str = "embedding") -> torch.Tensor:
+          description: str | None = "embedding") -> torch.Tensor:
     """One embedding per input, in input order; `load` turns a batch of stored values into what the backbone takes.
     Batches hold inputs of similar length, so little is padding."""
     with evaluating(backbone):
@@ -88,8 +91,11 @@ class Embeddings:
 
 
 class EmbeddingCache:
-    def __init__(self, workspace: Workspace):
+    """`ray`: fill it on a Ray cluster (see `_embed_on_ray`) instead of in this process."""
+
+    def __init__(self, workspace: Workspace, ray: RayOptions | None = None):
         self.folder = workspace.root / "cache" / "embeddings"
+        self.ray = ray
         self._ids: dict[int, str] = {}  # hashing the weights once per frozen backbone, not once per snapshot
 
     def path(self, snapshot: Snapshot, backbone: torch.nn.Module) -> Path:
@@ -106,8 +112,10 @@ class EmbeddingCache:
             import pyarrow.parquet as pq
 
             started, rows = time.monotonic(), snapshot.manifest.rows
-            data = pq.ParquetFile(snapshot.path / DATA_FILE)
-            for k, batch in enumerate(data.iter_batches(batch_size=SHARD_ROWS, columns=["input"])):
+            batches = pq.ParquetFile(snapshot.path / DATA_FILE).iter_batches(batch_size=SHARD_ROWS, columns=["input"])
+            if self.ray:
+                _embed_on_ray(snapshot, backbone, batches, folder, self.ray)
+            for k, batch in enumerate(() if self.ray else batches):
                 first = k * SHARD_ROWS
                 features = embed(backbone, batch.column(0).to_pylist(), load=snapshot.load_inputs,
                                  description=f"embedding snapshot '{snapshot.manifest.name}' (once, then cached)"
@@ -115,10 +123,49 @@ class EmbeddingCache:
                                     if rows > SHARD_ROWS else ""))
                 np.save(folder / f"shard-{k:06d}.npy", features.numpy())
             console.print(f"embedded {rows} rows of snapshot '{snapshot.manifest.name}' in "
-                          f"{time.monotonic() - started:.1f} s, cached in {path}", highlight=False)
+                          f"{time.monotonic() - started:.1f} s{' on Ray' if self.ray else ''}, cached in {path}",
+                          highlight=False)
 
         computed_once(path, fill)
         return Embeddings(path)
+
+
+def _embed_on_ray(snapshot: Snapshot, backbone: torch.nn.Module, batches, folder: Path, options: RayOptions,
+                  window: int = 4) -> None:
+    """The cache's shards, embedded by Ray Data `map_batches` over a pool of actors that each receive the backbone
+    once per window of `window` shards; the shards come back in order and are written here. The snapshot's
+    images (if any) are read by the actors from the blob store, which a cluster must share."""
+    import pyarrow as pa
+
+    ray = options.start()
+    batches, k = iter(batches), 0
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"embedding snapshot '{snapshot.manifest.name}' on Ray (once, then cached)",
+                                 total=snapshot.manifest.rows)
+        while shards := list(itertools.islice(batches, window)):
+            table = pa.Table.from_batches(shards)
+            blocks = [table.slice(i, RAY_TASK_ROWS) for i in range(0, table.num_rows, RAY_TASK_ROWS)]
+            embedded = ray.data.from_arrow(blocks).map_batches(
+                _RayEmbedder, fn_constructor_args=(backbone, snapshot, options.threads), batch_format="pyarrow",
+                batch_size=None, **options.pool(ray))
+            rows = np.concatenate([batch["embedding"] for batch in embedded.iter_batches(batch_format="numpy",
+                                                                                         batch_size=None)])
+            for shard in shards:
+                np.save(folder / f"shard-{k:06d}.npy", rows[:shard.num_rows].astype(np.float32))
+                rows, k = rows[shard.num_rows:], k + 1
+            progress.advance(task, table.num_rows)
+
+
+class _RayEmbedder:
+    """One Ray actor: the backbone received once, then a block of the snapshot's inputs embedded per call."""
+
+    def __init__(self, backbone: torch.nn.Module, snapshot: Snapshot, threads: int):
+        torch.set_num_threads(threads)
+        self.backbone, self.snapshot = backbone, snapshot
+
+    def __call__(self, block) -> dict[str, np.ndarray]:
+        inputs = block.column("input").to_pylist()
+        return {"embedding": embed(self.backbone, inputs, load=self.snapshot.load_inputs, description=None).numpy()}
 
 
 def computed_once(path: Path, fill: Callable[[Path], None]) -> None:

@@ -38,6 +38,7 @@ from headsmith.models.registry import resolve_model
 from headsmith.data.snapshot import load_snapshot
 from headsmith.training.base_model import build_from_base, regression_gate
 from headsmith.training.callbacks import EpochSeed
+from headsmith.engines import RayOptions
 from headsmith.training.embedding_cache import EmbeddingCache, TrunkCache, embed
 from headsmith.training.selection import still_improving
 from headsmith.training.solve import fit_rows, solve_heads, solve_warnings
@@ -274,7 +275,8 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
 
     embeddings_of = None  # the frozen backbone's embeddings of all a snapshot's rows
     if on_embeddings and cfg.embedding_cache:
-        embeddings_of = functools.partial(EmbeddingCache(workspace).features, backbone=net.backbone)
+        cache = EmbeddingCache(workspace, RayOptions.from_config(cfg.get("ray")))
+        embeddings_of = functools.partial(cache.features, backbone=net.backbone)
     elif solved:  # a solve needs every row's embedding at once: computed here, kept in memory only
         embeddings_of = functools.cache(lambda snapshot: embed(net.backbone, snapshot.frame()["input"].tolist(),
                                                                load=snapshot.load_inputs))

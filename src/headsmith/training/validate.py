@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import types
 import typing
@@ -25,7 +26,7 @@ from headsmith.training.selection import selection_problems
 from headsmith.workspace import Workspace
 
 TOP_LEVEL = {"dataset", "backbone", "head", "fit", "optimizer", "scheduler", "selection", "trainer", "logger",
-             "callbacks", "paths", "name", "seed", "class_weights", "embedding_cache", "base_model", "heads", "branch",
+             "callbacks", "paths", "name", "seed", "class_weights", "embedding_cache", "ray", "base_model", "heads", "branch",
              "distillation", "regression_gate", "thresholds", "resume", "tune"}
 # Arguments that train() passes where the object is built, not from the config.
 RUNTIME_ARGS = {
@@ -159,6 +160,15 @@ def static_problems(cfg: DictConfig) -> list[str]:
     if cfg.get("class_weights") not in ("balanced", "none"):
         problems.append(f"class_weights={cfg.get('class_weights')}: choose balanced or none")
     problems += policy_problems(_plain(cfg.get("thresholds")))
+    ray = cfg.get("ray")
+    if ray is not None:
+        if not isinstance(ray, DictConfig) or set(ray) - {"address", "workers", "threads_per_worker"}:
+            problems.append("ray: null, or {address: null|auto|ray://HOST:10001, workers: N, threads_per_worker: N}")
+        elif not all(isinstance(ray.get(k, 1), int) and not isinstance(ray.get(k, 1), bool) and ray.get(k, 1) >= 1
+                     for k in ("workers", "threads_per_worker")):
+            problems.append("ray.workers and ray.threads_per_worker: whole numbers from 1")
+        elif importlib.util.find_spec("ray") is None:
+            problems.append("ray: Ray is not installed here: pip install 'headsmith[ray]' (or set ray=null)")
     if not isinstance(cfg.get("embedding_cache"), bool):
         problems.append(f"embedding_cache={cfg.get('embedding_cache')}: must be true or false")
     ds = cfg.dataset
