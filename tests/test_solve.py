@@ -128,7 +128,7 @@ def test_thresholds_and_val_metrics_come_from_out_of_fold_predictions(compose, r
     assert metrics["val"]["sentiment"]["support"] == len(rows)  # every non-test row is held out once
     # In-sample scores (the final model on the rows it was fit on) would give other figures: they are not used.
     final = np.array([p["sentiment"]["positive"] for p in load_model(metrics["model"]).predict(
-        rows["input"].tolist())])
+        reviews_snapshot.inputs(rows["position"]))])
     in_sample = choose_threshold(pr_curve(final, y == 1), Policy.parse("f1"))
     assert (in_sample["precision"], in_sample["recall"]) != pytest.approx((stored["precision"], stored["recall"]),
                                                                           abs=1e-6)

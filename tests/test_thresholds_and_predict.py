@@ -98,7 +98,7 @@ def test_thresholds_are_stored_in_the_package_and_applied_by_predict(compose, re
     assert first["decision"] == (max(flagged_classes, key=lambda c: c["score"])["class"] if flagged_classes else None)
 
     # the command line answers the same, as JSON
-    texts = val["input"].tolist()[:2]
+    texts = objects["datamodule"].snapshot.inputs(val["position"])[:2]
     cli = run_cli("predict", str(package), *texts, "--head", "sentiment")
     assert cli.returncode == 0, cli.stderr
     printed = json.loads(cli.stdout)
