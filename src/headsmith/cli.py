@@ -202,20 +202,14 @@ def _fetcher(concurrency: int, timeout: float, retries: int):
 
 
 def _print_columns(table, columns) -> None:
-    from collections import Counter
-
-    from headsmith.data.ingest import label_mapping
+    from headsmith.data.ingest import stored_classes
 
     view = Table("column", "type", "why", title=f"columns of {table.path.name} ({table.count} rows)",
                  title_justify="left")
     for c in columns:
         why = c.reason
         if c.type == "label":
-            raw = table.label_counts(c.name)
-            classes = Counter()
-            for value, stored in label_mapping(raw)[0].items():
-                if stored is not None:
-                    classes[stored] += raw[value]
+            classes = stored_classes(table.label_counts(c.name))
             why += "\nclasses: " + ", ".join(f"{k}={n}" for k, n in classes.most_common()[:20]) + \
                 (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
         view.add_row(c.name, c.type, why)

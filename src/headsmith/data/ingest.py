@@ -293,6 +293,15 @@ def _sampled(column: Column, note: str) -> Column:
     return Column(column.name, column.type, column.reason + note) if note else column
 
 
+def stored_classes(counts: Counter) -> Counter:
+    """Rows per class as a label column's raw value counts are stored (see `label_mapping`), unlabelled left out."""
+    classes: Counter = Counter()
+    for raw, stored in label_mapping(counts)[0].items():
+        if stored is not None:
+            classes[stored] += counts[raw]
+    return classes
+
+
 def label_mapping(counts: Counter) -> tuple[dict[str, str | None], list[str]]:
     """From a label column's raw values and their counts: what each raw value is stored as (stray whitespace
     stripped, empty = unlabelled, spellings that differ only in case merged into the most common one), and notes

@@ -179,9 +179,8 @@ def _duckdb(spill: Path):
     to `spill` beyond a fixed memory budget, so no snapshot size is too big for this machine."""
     import duckdb
 
-    db = duckdb.connect(config={"memory_limit": "256MB", "threads": 1, "temp_directory": str(spill),
-                                "preserve_insertion_order": False})
-    return db
+    return duckdb.connect(config={"memory_limit": "256MB", "threads": 1, "temp_directory": str(spill),
+                                  "preserve_insertion_order": False})
 
 
 def _quoted(name: str) -> str:
@@ -238,9 +237,8 @@ class _Rows:
     def close(self) -> None:
         import pyarrow as pa
 
-        if self.pending or self.writer is None:
-            if self.schema is not None:
-                self._flush(sum(len(t) for t in self.pending))
+        if self.schema is not None and (self.pending or self.writer is None):  # the last group, or an empty file
+            self._flush(sum(len(t) for t in self.pending))
         if self.writer is not None:
             self.writer.close()
         pa.default_memory_pool().release_unused()  # what the groups used goes back to the system, not kept
