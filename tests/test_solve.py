@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sklearn.linear_model as sk_linear
+import torch
 from sklearn.datasets import load_digits
 
 from headsmith import load_model
@@ -17,8 +18,8 @@ from headsmith.errors import ConfigError
 from headsmith.evaluation.metrics import pr_curve
 from headsmith.evaluation.thresholds import Policy, choose_threshold
 from headsmith.training.embedding_cache import EmbeddingCache
-from headsmith.training.solve import (Fit, HeadSolution, Setting, fit_linear, linear_probabilities, solve_warnings,
-                                     stratified_folds)
+from headsmith.training.solve import (FeatureRows, Fit, HeadSolution, LinearProblem, Setting, fit_linear,
+                                     fit_mlp, linear_probabilities, solve_warnings, stratified_folds, stratified_sample)
 from headsmith.training.train import SEARCH_FILE, train
 from headsmith.training.validate import validate_config
 
@@ -76,6 +77,72 @@ def test_a_prior_pulls_the_solution_toward_it():
     whole, whole_b, _ = fit_linear(np.repeat(x[few], 4, 0), np.repeat(flipped, 4), 2, 0.01, np.full(80, 0.25),
                                    prior=(base_w, base_b), tol=1e-9)
     assert np.abs(whole - nudged).max() < 1e-6 and np.abs(whole_b - nudged_b).max() < 1e-6
+
+
+@pytest.mark.parametrize("classes, balanced", [([3, 8], False), ([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], True)])
+def test_rows_read_a_part_at_a_time_give_the_same_solution(classes, balanced, monkeypatch):
+    # What a head with more rows than fit.search_rows is finally fit with: rows read from the embeddings in parts
+    # (here of 64 rows, in a shuffled order of positions), the same objective, the same optimum.
+    x, y = digits(classes)
+    order = np.random.default_rng(0).permutation(len(y))
+    weights = len(y) / (len(classes) * np.bincount(y)[y]) if balanced else None
+    prior = fit_linear(x[::7], y[::7], len(classes), 1.0)[:2]
+    whole_w, whole_b, whole = fit_linear(x, y, len(classes), 0.3, weights, prior=prior, tol=1e-8)
+    monkeypatch.setattr(FeatureRows, "PART_ROWS", 64)
+    inverse = np.argsort(order)  # row i of (x, y) is at position inverse[i] of the shuffled features
+    rows = FeatureRows(x[order], inverse)
+    assert len(rows.parts()) == -(-len(y) // 64)
+    part_w, part_b, parts = LinearProblem(rows, y, len(classes), weights).solve(0.3, prior=prior, tol=1e-8)
+    assert whole.converged and parts.converged
+    assert np.abs(part_w - whole_w).max() < 1e-5 and np.abs(part_b - whole_b).max() < 1e-5
+
+
+def test_a_search_sample_keeps_every_class_and_its_proportions():
+    y = np.r_[np.zeros(50_000, int), np.ones(9_950, int), np.full(50, 2)]
+    sample = stratified_sample(y, 1000, seed=1)
+    counts = np.bincount(y[sample])
+    assert 990 <= len(sample) <= 1000 and np.all(np.diff(sample) > 0)
+    assert counts[2] == 10  # a rare class keeps 1% of the sample (more than its 0.08% share)
+    assert counts[0] / counts[1] == pytest.approx(50_000 / 9_950, rel=0.05)
+    assert np.array_equal(sample, stratified_sample(y, 1000, seed=1))
+
+
+def test_a_head_larger_than_its_search_sample_is_fit_on_all_its_rows(compose, reviews_snapshot, workspace):
+    # 100 of the 192 non-test rows searched (5-fold), the chosen C then fit on all 192, read from the cache
+    metrics, objects = train(compose("dataset.snapshot=reviews", "dataset.heads=[sentiment]", "fit.search_rows=100",
+                                     "fit.C=[0.1,1,10]"))
+    C = metrics["fit"]["heads"]["sentiment"]["chosen"]["C"]
+    splits = objects["datamodule"].splits
+    rows = pd.concat([splits["train"], splits["val"]], ignore_index=True)
+    assert len(rows) == 192 and 95 <= metrics["val"]["sentiment"]["support"] <= 100  # the sample's out-of-fold rows
+    features = EmbeddingCache(workspace).features(reviews_snapshot, objects["net"].backbone).numpy()
+    reference = sk_linear.LogisticRegression(C=C, class_weight="balanced", tol=1e-10, max_iter=10_000).fit(
+        features[rows["position"]].astype(np.float64), (rows["sentiment"] == "positive").to_numpy())
+    test = splits["test"]
+    ours = np.array([p["sentiment"]["positive"] for p in load_model(metrics["model"]).predict(
+        reviews_snapshot.inputs(test["position"]))])
+    assert np.abs(ours - reference.predict_proba(features[test["position"]].astype(np.float64))[:, 1]).max() < 1e-3
+
+    mlp, _ = train(compose("dataset.snapshot=reviews", "dataset.heads=[sentiment]", "fit.search_rows=100",
+                           "head=mlp", "fit.mlp.hidden=[16]", "fit.mlp.dropout=[0.1]", "fit.mlp.weight_decay=[0.001]",
+                           "fit.mlp.max_epochs=20"))
+    assert 95 <= mlp["val"]["sentiment"]["support"] <= 100 and mlp["test"]["sentiment"]["support"] == len(test)
+    meta = json.loads((Path(mlp["model"]) / "model.json").read_text())
+    assert meta["heads"]["sentiment"]["head"]["_target_"].endswith("MLPHead")
+
+
+def test_an_mlp_fit_on_rows_read_a_batch_at_a_time_equals_one_in_memory():
+    x, y = digits([0, 1, 2, 3, 4])
+    order = np.random.default_rng(0).permutation(len(y))
+    start = fit_mlp(torch.tensor(x[:100], dtype=torch.float32), torch.tensor(y[:100]), 5, 16, 0.1, 1e-3,
+                    max_epochs=5)
+    common = dict(num_classes=5, hidden=16, dropout=0.1, weight_decay=1e-3, init=start.state, seed=3,
+                  batch_size=32, max_epochs=8)
+    memory = fit_mlp(torch.tensor(x, dtype=torch.float32), torch.tensor(y), **common)
+    read = fit_mlp(FeatureRows(x[order].astype(np.float32), np.argsort(order)), torch.tensor(y), **common)
+    assert memory.iterations == read.iterations == 8
+    assert all(torch.equal(memory.state[k], read.state[k]) for k in memory.state)
+    assert not torch.equal(memory.state["1.weight"], start.state["1.weight"])
 
 
 def test_solved_run_reports_its_search_and_matches_scikit_learn(compose, reviews_snapshot, workspace, tmp_path):
@@ -187,6 +254,7 @@ def test_auto_head_searches_linear_and_mlp(compose, reviews_snapshot):
 
 @pytest.mark.parametrize("overrides, message", [
     (["fit.folds=1"], "fit.folds=1: a number of folds from 2"),
+    (["fit.search_rows=0"], "fit.search_rows=0: a positive whole number of rows"),
     (["fit.C=[0,1]"], "fit.C=[0, 1]: a non-empty list of positive numbers"),
     (["fit.mlp.dropout=[1.5]"], "fit.mlp.dropout=[1.5]: a non-empty list of shares"),
     (["fit=sgd", "head=auto"], "head=auto: linear or MLP is chosen by solving"),

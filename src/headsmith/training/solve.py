@@ -16,8 +16,10 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,11 +30,39 @@ from torch.nn import functional as F
 from headsmith.data.datamodule import balanced_weights
 from headsmith.errors import HeadsmithError
 from headsmith.evaluation.metrics import head_metrics, summarize
+from headsmith.evaluation.report import console
 from headsmith.models.heads import LinearHead, MLPHead
 from headsmith.models.net import MultiHeadNet, module_key
 
 HEAD_KINDS = {"linear": LinearHead, "mlp": MLPHead}
 TARGETS = {f"{cls.__module__}.{cls.__qualname__}": kind for kind, cls in HEAD_KINDS.items()}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class FeatureRows:
+    """Embeddings of some rows of a snapshot (`features` at `positions`), read on demand: what a fit over more
+    rows than fit in memory reads, a part at a time (the linear solve) or a batch at a time (the MLP)."""
+    PART_ROWS = 16_384  # 50 MB of float64 at 384 dimensions, per part in flight
+
+    def __init__(self, features, positions: np.ndarray):
+        self.features, self.positions = features, np.asarray(positions, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), int(self.features.shape[1])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return torch.as_tensor(self.features[self.positions[np.asarray(index) if torch.is_tensor(index) else index]],
+                               dtype=torch.float32)
+
+    def parts(self) -> list[slice]:
+        return [slice(start, start + self.PART_ROWS) for start in range(0, len(self), self.PART_ROWS)]
 
 
 @dataclass(frozen=True)
@@ -93,57 +123,85 @@ class LinearProblem:
     span: exact, and cheaper. `x` may be float32 (half the memory; the line search then takes more steps, as the
     objective is less exact)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, sample_weight: np.ndarray | None = None):
-        x = np.asarray(x)
-        n, self.dim = x.shape
+    def __init__(self, x: np.ndarray | FeatureRows, y: np.ndarray, num_classes: int,
+                 sample_weight: np.ndarray | None = None):
+        streamed = isinstance(x, FeatureRows) and len(x) >= x.shape[1]
+        self.rows = x if streamed else None  # read a part at a time, never all at once
+        x = None if streamed else np.asarray(x[:] if isinstance(x, FeatureRows) else x)
+        n, self.dim = (x if x is not None else self.rows).shape
         self.span = None  # d x r orthonormal basis of the centred rows, when r < d
-        if n < self.dim:
+        if x is not None and n < self.dim:
             self.center = x.mean(0, dtype=np.float64)
             centred = x - self.center
             values, vectors = np.linalg.eigh(centred @ centred.T)
             keep = values > max(values[-1], 1e-300) * 1e-12
             self.span = (centred.T @ vectors[:, keep]) / np.sqrt(values[keep])
             x = np.asfortranarray(x @ self.span)
-        self.xt = np.ascontiguousarray(x.T)  # d x n: both products read it in memory order (no copy when `x` is
-        # Fortran-ordered, as a search passes it)
+        self.d = self.dim if x is None else x.shape[1]
+        # d x n: both products read it in memory order (no copy when `x` is Fortran-ordered, as a search passes it)
+        self.xt = None if x is None else np.ascontiguousarray(x.T)
         self.num_classes, self.binary = num_classes, num_classes == 2
         self.k = 1 if self.binary else num_classes
         s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.total, self.scale = s.sum(), s / s.sum()
-        self.onehot = (y == 1).astype(np.float64)[None, :] if self.binary else np.eye(num_classes)[:, y]  # k x n
+        self.y = y
+        self.onehot = None if self.rows else self._onehot(y)
         self.basis = None  # (curvature c, weighted mean row, eigenvalues, eigenvectors)
+
+    def _onehot(self, y: np.ndarray) -> np.ndarray:  # k x n
+        return (y == 1).astype(np.float64)[None, :] if self.binary else np.eye(self.num_classes)[:, y]
+
+    def _parts(self, compute: Callable) -> list:
+        """`compute(xt, onehot, scale)` of each part of the rows: all of them at once when they are in memory; else
+        parts of FeatureRows.PART_ROWS read in turn, one thread per core (BLAS lets go of the GIL)."""
+        if self.rows is None:
+            return [compute(self.xt, self.onehot, self.scale)]
+
+        def part(span: slice):
+            return compute(self.rows[span].numpy().astype(np.float64).T, self._onehot(self.y[span]), self.scale[span])
+
+        with ThreadPoolExecutor(_cores()) as pool:
+            return list(pool.map(part, self.rows.parts()))
 
     def as_theta(self, pair) -> tuple[np.ndarray, np.ndarray]:
         """Softmax weights (k x d, k) -> this problem's weights and biases."""
         w, b = np.asarray(pair[0], dtype=np.float64), np.asarray(pair[1], dtype=np.float64)
         return (w[1:] - w[:1], b[1:] - b[:1]) if self.binary else (w, b)
 
-    def _logits(self, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (w.astype(self.xt.dtype) @ self.xt).astype(np.float64) + b[:, None]  # k x n
+    @staticmethod
+    def _logits(xt: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (w.astype(xt.dtype) @ xt).astype(np.float64) + b[:, None]  # k x n
 
     def _rebuild_basis(self, w: np.ndarray, b: np.ndarray) -> None:
-        z = self._logits(w, b)
-        if self.binary:
-            p = 1.0 / (1.0 + np.exp(-z[0]))
-            curvature = p * (1 - p)
-        else:  # the largest p(1 - p) of a row: its softmax Hessian's scale
-            p = np.exp(z - z.max(0))
-            p /= p.sum(0)
-            curvature = (p * (1 - p)).max(0)
-        weights = self.scale * np.maximum(curvature, 1e-12)
-        c = weights.sum()
+        def weights(xt, onehot, scale):  # each row's share of the loss's curvature
+            z = self._logits(xt, w, b)
+            if self.binary:
+                p = 1.0 / (1.0 + np.exp(-z[0]))
+                curvature = p * (1 - p)
+            else:  # the largest p(1 - p) of a row: its softmax Hessian's scale
+                p = np.exp(z - z.max(0))
+                p /= p.sum(0)
+                curvature = (p * (1 - p)).max(0)
+            return scale * np.maximum(curvature, 1e-12)
+
+        c = sum(part.sum() for part in self._parts(weights))
         if self.basis is not None and 1 / 3 < c / self.basis[0] < 3:
             return
-        weights /= c
-        mean = (self.xt @ weights.astype(self.xt.dtype)).astype(np.float64)
-        rooted = self.xt * np.sqrt(weights).astype(self.xt.dtype)
-        values, vectors = np.linalg.eigh((rooted @ rooted.T).astype(np.float64) - np.outer(mean, mean))
+
+        def moments(xt, onehot, scale):
+            share = weights(xt, onehot, scale) / c
+            rooted = xt * np.sqrt(share).astype(xt.dtype)
+            return (xt @ share.astype(xt.dtype)).astype(np.float64), (rooted @ rooted.T).astype(np.float64)
+
+        parts = self._parts(moments)
+        mean, second = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        values, vectors = np.linalg.eigh(second - np.outer(mean, mean))
         self.basis = (c, mean, np.clip(values, 0.0, None), vectors)
 
     def solve(self, C: float, prior=None, init=None, tol: float = 1e-6,
               max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray, Fit]:
         """The solution for `C` from `init` (else `prior`, else zero): softmax weights (k x d), biases (k), the fit."""
-        k, d = self.k, self.xt.shape[0]
+        k, d = self.k, self.d
         w0, b0 = self.as_theta(prior) if prior is not None else (np.zeros((k, self.dim)), np.zeros(k))
         w_start, b_start = self.as_theta(init) if init is not None else (w0, b0)
         outside, shift = np.zeros((k, self.dim)), np.zeros(k)
@@ -155,7 +213,7 @@ class LinearProblem:
         c, mean, eigenvalues, basis = self.basis
         alpha = 1.0 / (C * self.total)
         sigma, sigma_b = 1.0 / np.sqrt(c * eigenvalues + alpha), 1.0 / np.sqrt(c)
-        xt, scale, onehot, last = self.xt, self.scale, self.onehot, {}
+        last = {}
 
         def theta(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             u = u.reshape(k, d + 1)
@@ -164,22 +222,27 @@ class LinearProblem:
 
         def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
             w, b = theta(u)
-            z = self._logits(w, b)
-            if self.binary:  # log(1 + e^z) - y z, and its derivative sigmoid(z) - y
-                loss = (np.logaddexp(0.0, z) - onehot * z)[0]
-                g = (1.0 / (1.0 + np.exp(-z)) - onehot) * scale
-            else:
-                z -= z.max(0, keepdims=True)
-                log_norm = np.log(np.exp(z).sum(0))
-                loss = log_norm - (z * onehot).sum(0)
-                g = (np.exp(z - log_norm) - onehot) * scale
+
+            def part(xt, onehot, scale):  # the part's loss and gradient sums
+                z = self._logits(xt, w, b)
+                if self.binary:  # log(1 + e^z) - y z, and its derivative sigmoid(z) - y
+                    loss = (np.logaddexp(0.0, z) - onehot * z)[0]
+                    g = (1.0 / (1.0 + np.exp(-z)) - onehot) * scale
+                else:
+                    z -= z.max(0, keepdims=True)
+                    log_norm = np.log(np.exp(z).sum(0))
+                    loss = log_norm - (z * onehot).sum(0)
+                    g = (np.exp(z - log_norm) - onehot) * scale
+                return float(loss @ scale), (xt @ g.T.astype(xt.dtype)).T.astype(np.float64), g.sum(1)
+
+            parts = self._parts(part)
             diff = w - w0
-            grad_w = (xt @ g.T.astype(xt.dtype)).T.astype(np.float64) + alpha * diff
-            grad_b = g.sum(1)
+            grad_w = sum(p[1] for p in parts) + alpha * diff
+            grad_b = sum(p[2] for p in parts)
             last["gradient"] = (grad_w, grad_b)  # in the problem's own coordinates
             grad_u = np.concatenate([((grad_w - np.outer(grad_b, mean)) @ basis) * sigma, sigma_b * grad_b[:, None]],
                                     axis=1)
-            return float(loss @ scale) + 0.5 * alpha * float((diff * diff).sum()), grad_u.ravel()
+            return sum(p[0] for p in parts) + 0.5 * alpha * float((diff * diff).sum()), grad_u.ravel()
 
         def largest_gradient() -> float:  # of the whole problem: outside the span it is zero
             grad_w, grad_b = last["gradient"]
@@ -330,7 +393,7 @@ class HeadSolver:
     def _fit(self, setting: Setting, x: np.ndarray, y: np.ndarray, path: dict) -> tuple[Fit, callable]:
         """Fit `setting` on (x, y); returns the fit and a function giving probabilities of other rows. `path` carries
         what the settings of one split share: its linear problem, and the previous linear solution, a start for the
-        next C (the path of C is ascending)."""
+        next C (the path of C is ascending); "mlp": an MLP's start (else the prior's weights, or new ones)."""
         k, values, weights = len(self.classes), setting.values, self._weights(y)
         if setting.kind == "linear":
             if "problem" not in path:
@@ -342,11 +405,12 @@ class HeadSolver:
             path["linear"] = (w, b)
             return fit, lambda rows: linear_probabilities(rows, w, b)
         mlp = self.settings.mlp
-        fit = fit_mlp(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32), torch.as_tensor(y), k,
-                      values["hidden"], values["dropout"], values["weight_decay"],
+        fit = fit_mlp(x if isinstance(x, FeatureRows) else torch.as_tensor(np.ascontiguousarray(x),
+                                                                            dtype=torch.float32),
+                      torch.tensor(y), k, values["hidden"], values["dropout"], values["weight_decay"],
                       None if weights is None else torch.tensor(weights, dtype=torch.float32),
-                      prior=self.prior, init=self.prior, seed=self.seed, lr=mlp.lr, batch_size=mlp.batch_size,
-                      max_epochs=mlp.max_epochs, patience=mlp.patience)
+                      prior=self.prior, init=path.get("mlp", self.prior), seed=self.seed, lr=mlp.lr,
+                      batch_size=mlp.batch_size, max_epochs=mlp.max_epochs, patience=mlp.patience)
         return fit, lambda rows: mlp_probabilities(torch.as_tensor(rows, dtype=torch.float32), fit.state, k,
                                                    values["hidden"])
 
@@ -371,8 +435,7 @@ class HeadSolver:
         GIL in the products that cost); the MLP paths one after another, as they share torch's global RNG (their
         seeds and dropout) and its threads already."""
         linear, mlp = [s for s in space if s.kind == "linear"], [s for s in space if s.kind == "mlp"]
-        workers = min(len(splits), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else os.cpu_count() or 1)
+        workers = min(len(splits), _cores())
         with ThreadPoolExecutor(workers) as pool:
             linear_paths = list(pool.map(lambda split: iter(self._path(linear, x, y, *split)), splits))
         mlp_paths = [iter(self._path(mlp, x, y, *split)) for split in splits]
@@ -405,6 +468,12 @@ class HeadSolver:
         final = self._fit(setting, np.asfortranarray(x, np.float64), y, {})[0] if refit else fits[0]
         return HeadSolution(setting, float(score), final, held_out, held_out_index, [r[-1] for r in results])
 
+    def fit_all(self, setting: Setting, rows: FeatureRows, y: np.ndarray, start: Fit) -> Fit:
+        """`setting` fit on rows read from the cache a part at a time, from `start` (its fit on a sample of them)."""
+        state = {k: v.double().numpy() for k, v in start.state.items()}
+        path = {"linear": (state["1.weight"], state["1.bias"])} if setting.kind == "linear" else {"mlp": start.state}
+        return self._fit(setting, rows, y, path)[0]
+
 
 # --- every trained head of a network ---
 
@@ -434,21 +503,41 @@ def fit_rows(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([splits["train"].assign(part="train"), splits["val"].assign(part="val")], ignore_index=True)
 
 
-def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, features: np.ndarray, settings,
-                new_head: dict, selection, balanced: bool, seed: int) -> tuple[dict[str, HeadSolution], pd.DataFrame]:
-    """Solve every head `plan` trains (new, retrain) on `rows` (fit_rows: `position` indexes `features`), replacing
-    it in `net`. Returns each head's solution and the held-out frame: all of `rows` (k-fold), or its validation
-    part (`settings.folds: 0`), whose predictions at the chosen settings the solutions hold."""
-    folds = int(settings.folds)
-    held_frame = rows if folds else rows[rows["part"] == "val"].reset_index(drop=True)
-    solutions = {}
+def stratified_sample(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most `size` of the rows (sorted indices), seeded: each class min(its rows, 1% of `size`) first, so a rare
+    class stays in a search over millions of rows, the rest shared in proportion to the rows left."""
+    counts = np.bincount(y)
+    quota = np.minimum(counts, max(size // 100, 1))
+    left = counts - quota
+    quota += np.floor(left * ((size - quota.sum()) / max(left.sum(), 1))).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == label), quota[label], replace=False)
+                                   for label in np.flatnonzero(counts)]))
+
+
+def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, features, settings, new_head: dict,
+                selection, balanced: bool, seed: int) -> tuple[dict[str, HeadSolution], pd.DataFrame]:
+    """Solve every head `plan` trains (new, retrain) on `rows` (fit_rows: `position` indexes `features`, the
+    embeddings of the snapshot: in memory, or Embeddings), replacing it in `net`. Returns each head's solution and
+    the held-out frame: all of `rows` (k-fold), or its validation part (`settings.folds: 0`), whose predictions at
+    the chosen settings the solutions hold.
+
+    A head with more labelled rows than `settings.search_rows` is searched on a stratified sample of that many (in
+    memory), and the chosen setting is then fit on all of them read from `features` a part at a time; the held-out
+    frame then holds the samples' held-out rows only, each head's label kept on its own sample's rows."""
+    folds, limit = int(settings.folds), settings.get("search_rows")
+    positions, is_val = rows["position"].to_numpy(), (rows["part"] == "val").to_numpy()
+    solutions, sampled = {}, {}
     for head, action in plan.items():
         if action == "keep":
             continue
         classes = net.classes[head]
         labelled = np.flatnonzero(rows[head].notna().to_numpy())
-        x = features[rows["position"].to_numpy()[labelled]].astype(np.float32)
-        y = rows[head].iloc[labelled].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        y_all = rows[head].iloc[labelled].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        searched = (stratified_sample(y_all, int(limit), seed) if limit and len(labelled) > limit
+                    else np.arange(len(labelled)))
+        x = np.asarray(features[positions[labelled[searched]]], dtype=np.float32)
+        y = y_all[searched]
         if folds:
             counts = np.bincount(y, minlength=len(classes))
             k = min(folds, int(counts.min()))  # a class with fewer rows than folds leaves some folds without it
@@ -459,8 +548,8 @@ def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, fea
             fold = stratified_folds(y, k, seed)
             splits = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
         else:
-            is_val = (rows["part"].iloc[labelled] == "val").to_numpy()
-            splits = [(np.flatnonzero(~is_val), np.flatnonzero(is_val))]
+            val = is_val[labelled[searched]]
+            splits = [(np.flatnonzero(~val), np.flatnonzero(val))]
         key = module_key(head)
         retrain = action == "retrain"
         spec = net.head_specs[head] if retrain else new_head
@@ -468,14 +557,36 @@ def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, fea
         prior = {k: v.detach().clone() for k, v in net.heads[key].state_dict().items()} if retrain else None
         rule = (selection.metric, selection.class_label if selection.head == head else None, selection.mode)
         space = search_space(kind, settings, fixed={"hidden": spec["hidden"]} if retrain and kind == "mlp" else None)
-        solution = HeadSolver(settings, classes, rule, balanced, seed, prior=prior).solve(x, y, space, splits,
-                                                                                          refit=bool(folds))
-        net.heads[key], net.head_specs[head] = build_head(solution.chosen, x.shape[1], len(classes),
+        solver = HeadSolver(settings, classes, rule, balanced, seed, prior=prior)
+        whole = len(searched) == len(labelled)
+        solution = solver.solve(x, y, space, splits, refit=bool(folds) and whole)
+        del x
+        if not whole:  # the chosen setting on all the rows it would have been fit on, from the sample's fit
+            fit_on = labelled if folds else labelled[~is_val[labelled]]
+            started = time.monotonic()
+            with console.status(f"head '{head}': fitting {solution.chosen} on all {len(fit_on):,} rows"):
+                solution.fit = solver.fit_all(solution.chosen, FeatureRows(features, positions[fit_on]),
+                                              y_all if folds else y_all[~is_val[labelled]], solution.fit)
+            console.print(f"head '{head}': {solution.chosen} chosen on a sample of {len(searched):,} rows, fit on all "
+                          f"{len(fit_on):,} in {time.monotonic() - started:.1f} s", highlight=False)
+            sampled[head] = True
+        net.heads[key], net.head_specs[head] = build_head(solution.chosen, features.shape[1], len(classes),
                                                           solution.fit.state)
-        # positions of the held-out rows in `held_frame`
-        where = labelled[solution.held_out_index]
-        solution.held_out_rows = where if folds else np.searchsorted(np.flatnonzero(rows["part"] == "val"), where)
+        solution.held_out_rows = labelled[searched[solution.held_out_index]]  # in `rows`, for now
         solutions[head] = solution
+    if sampled:  # the samples' held-out rows, each head labelled on its own
+        held_at = np.unique(np.concatenate([s.held_out_rows for s in solutions.values()]))
+        held_frame = rows.iloc[held_at].reset_index(drop=True)
+        for head, solution in solutions.items():
+            solution.held_out_rows = np.searchsorted(held_at, solution.held_out_rows)
+            outside = np.ones(len(held_at), bool)
+            outside[solution.held_out_rows] = False
+            held_frame.loc[outside, head] = None
+    else:
+        held_at = np.arange(len(rows)) if folds else np.flatnonzero(is_val)
+        held_frame = rows.iloc[held_at].reset_index(drop=True)
+        for solution in solutions.values():
+            solution.held_out_rows = np.searchsorted(held_at, solution.held_out_rows)
     return solutions, held_frame
 
 

@@ -224,7 +224,7 @@ def _solve(cfg: DictConfig, net: MultiHeadNet, plan: dict[str, str], datamodule,
     # numpy's and scipy's OpenBLAS each keep a thread pool; on these small products they spin against each other
     # (5x slower on 2 cores). One BLAS thread per fold, the folds side by side (solve.py), is the fast setting.
     with threadpool_limits(1, user_api="blas"):
-        solutions, held = solve_heads(net, plan, rows, features.numpy(), cfg.fit,
+        solutions, held = solve_heads(net, plan, rows, features, cfg.fit,
                                       OmegaConf.to_container(cfg.head, resolve=True), cfg.selection,
                                       balanced=cfg.class_weights == "balanced", seed=cfg.seed)
     scores = score_rows(net, datamodule.snapshot, held, features if net.reads_embeddings else None)

@@ -258,6 +258,11 @@ def fit_problems(fit) -> list[str]:
     if not isinstance(folds, int) or isinstance(folds, bool) or folds < 0 or folds == 1:
         problems.append(f"fit.folds={folds}: a number of folds from 2 (k-fold cross-validation on the non-test rows), "
                         "or 0 (choose on the validation split)")
+    search_rows = fit.get("search_rows")
+    if search_rows is not None and (not isinstance(search_rows, int) or isinstance(search_rows, bool)
+                                    or search_rows < 1):
+        problems.append(f"fit.search_rows={search_rows}: a positive whole number of rows (how many a head's search "
+                        "holds in memory), or null (every row)")
 
     def positive_list(key, values, integer=False, below_one=False):
         values = _plain(values)
