@@ -44,6 +44,26 @@ def test_training_ends_with_an_evaluation_of_the_test_split(trained):
     assert len(curve["thresholds"]) <= curve["points"] and curve["tp"][-1] == curve["positives"]
 
 
+def test_predictions_are_written_a_part_at_a_time_and_mistakes_read_only_their_rows(trained, tmp_path,
+                                                                                     monkeypatch):
+    import pyarrow.parquet as pq
+
+    from headsmith.evaluation import evaluate
+
+    _, objects = trained
+    data = objects["datamodule"]
+    evaluation = evaluate.evaluate(objects["net"], data.snapshot, data.splits["test"], split="test")
+    whole = evaluation.predictions()
+    monkeypatch.setattr(evaluate, "PREDICTION_PART_ROWS", 7)  # 48 rows: 7 parts, their inputs read part by part
+    evaluation.save(tmp_path / "eval")
+    assert pq.ParquetFile(tmp_path / "eval" / "predictions.parquet").num_row_groups == 7
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "eval" / "predictions.parquet"), whole)
+    wrong = whole[whole["sentiment"].notna() & (whole["sentiment"] != whole["sentiment:predicted"])]
+    expected = wrong.sort_values("sentiment:confidence", ascending=False, kind="mergesort").head(12)
+    assert len(expected) > 0
+    pd.testing.assert_frame_equal(evaluation.mistakes("sentiment"), expected.reset_index(drop=True))
+
+
 def test_report_in_chromium_toggle_and_a_curve_point(trained, browser):
     metrics, _ = trained
     browser.get(Path(metrics["report"]).as_uri())

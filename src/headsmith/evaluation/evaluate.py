@@ -20,6 +20,7 @@ from headsmith.files import atomic_path, write_atomic
 from headsmith.models.net import MultiHeadNet
 
 EVAL_FILE, PREDICTIONS_FILE, REPORT_FILE = "eval.json", "predictions.parquet", "report.html"
+PREDICTION_PART_ROWS = 65_536  # rows of predictions.parquet built (their inputs read) at once
 
 
 def score_rows(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame, features: torch.Tensor | None = None,
@@ -34,6 +35,23 @@ def score_rows(net: MultiHeadNet, snapshot: Snapshot, frame: pd.DataFrame, featu
         scores = net.scores(positions, batch_size, load=lambda batch: snapshot.load_inputs(snapshot.inputs(batch)),
                             description=description)
     return {h: scores[h].numpy() if scores else np.zeros((0, len(net.classes[h]))) for h in net.classes}
+
+
+def write_parquet_parts(parts, path: Path) -> None:
+    """Frames with the same columns written one after another as one Parquet file; a column that is all None in
+    the first part (an unlabelled head) is a string column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    for part in parts:
+        if writer is None:
+            schema = pa.Schema.from_pandas(part, preserve_index=False)
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema],
+                               metadata=schema.metadata)
+            writer = pq.ParquetWriter(path, schema)
+        writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+    writer.close()
 
 
 class Evaluation:
@@ -71,15 +89,17 @@ class Evaluation:
         chosen = self.thresholds.get(head) or {}
         return [(chosen.get(c) or {}).get("threshold") for c in self.classes[head]]
 
-    def predictions(self) -> pd.DataFrame:
-        """One row per evaluated row: its label, the top class, the threshold decision and every class's score."""
-        columns = {"row": self.frame["row"], "input": self.snapshot.inputs(self.frame["position"])}
-        if "source" in self.frame:
-            columns["source"] = self.frame["source"]
+    def predictions(self, rows=slice(None)) -> pd.DataFrame:
+        """One row per evaluated row (or per one of `rows`: positions in `frame`): its label, the top class, the
+        threshold decision and every class's score."""
+        frame = self.frame.iloc[rows]
+        columns = {"row": frame["row"].to_numpy(), "input": self.snapshot.inputs(frame["position"])}
+        if "source" in frame:
+            columns["source"] = frame["source"].to_numpy()
         for head, classes in self.classes.items():
-            scores = self.scores[head]
+            scores = self.scores[head][rows]
             _, decided = decide(scores, self.threshold_list(head))
-            columns[head] = self.frame[head]
+            columns[head] = frame[head].to_numpy()
             columns[f"{head}:predicted"] = [classes[i] for i in scores.argmax(1)]
             columns[f"{head}:decision"] = [classes[i] if i is not None else None for i in decided]
             columns[f"{head}:confidence"] = scores.max(1)
@@ -89,9 +109,12 @@ class Evaluation:
 
     def mistakes(self, head: str, limit: int = 12) -> pd.DataFrame:
         """The labelled rows of `head` the model got wrong, most confident first."""
-        table = self.predictions()
-        wrong = table[table[head].notna() & (table[head] != table[f"{head}:predicted"])]
-        return wrong.sort_values(f"{head}:confidence", ascending=False, kind="mergesort").head(limit)
+        classes = self.classes[head]
+        target = self.frame[head].map({c: i for i, c in enumerate(classes)}).to_numpy(np.float64)  # NaN: unlabelled
+        scores = self.scores[head]
+        wrong = np.flatnonzero(~np.isnan(target) & (scores.argmax(1) != target))
+        worst = wrong[np.argsort(-scores[wrong].max(1), kind="stable")[:limit]]
+        return self.predictions(worst)
 
     def thinned_curves(self, head: str) -> dict[str, dict]:
         """Each class's PR curve with a bounded number of points (see metrics.thinned), its chosen threshold's kept."""
@@ -115,8 +138,9 @@ class Evaluation:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / EVAL_FILE, json.dumps(self.to_json(), indent=1))
-        with atomic_path(folder / PREDICTIONS_FILE) as tmp:
-            self.predictions().to_parquet(tmp, index=False)
+        with atomic_path(folder / PREDICTIONS_FILE) as tmp:  # a part at a time: inputs are read for the part only
+            write_parquet_parts((self.predictions(slice(start, start + PREDICTION_PART_ROWS))
+                                 for start in range(0, max(len(self.frame), 1), PREDICTION_PART_ROWS)), tmp)
         save_pngs(self, folder)
         write_report(self, folder / REPORT_FILE)
         return folder
