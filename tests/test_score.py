@@ -137,3 +137,26 @@ def test_the_ray_engine_gives_the_local_output_and_goes_on_with_a_local_job(pack
     again, manifest = read_output(tmp_path / "local")
     assert manifest["done"] and again["row"].tolist() == list(range(600))
     pd.testing.assert_frame_equal(again[exact], expected[exact])
+
+
+def test_images_are_scored_a_batch_at_a_time_and_the_ones_that_fail_are_named(image_server, tmp_path):
+    from conftest import small_image_model
+    from headsmith.scoring import score_file
+
+    package = small_image_model(tmp_path / "model")
+    urls = [f"{image_server.url}/latency/{i}.png" for i in range(22)]
+    urls[3], urls[8], urls[13] = f"{image_server.url}/missing.jpg", f"{image_server.url}/page.jpg", " "
+    path = tmp_path / "images.csv"
+    pd.DataFrame({"id": range(22), "url": urls}).to_csv(path, index=False)
+    predictor = Predictor(package, batch_size=4)  # 19 images to load: 5 batches in each of the 2 chunks
+    manifest = score_file(predictor, str(path), tmp_path / "out", "url", keep=["id"], chunk_rows=11)
+    scored, _ = read_output(tmp_path / "out")
+    assert manifest["rows"] == 22 and scored["id"].tolist() == [str(i) for i in range(22)]  # CSV cells as text
+    assert scored.loc[13, "status"] == "empty"
+    assert scored.loc[3, "status"].startswith("failed") and "404" in scored.loc[3, "status"]
+    assert scored.loc[8, "status"].startswith("failed") and "image" in scored.loc[8, "status"]
+    ok = scored.index.difference([3, 8, 13])
+    assert (scored.loc[ok, "status"] == "ok").all() and scored.loc[[3, 8, 13], "cat:decision"].isna().all()
+    expected = predictor.scores([urls[i] for i in ok])["cat"]  # each image alone through predict's path
+    assert abs(scored.loc[ok, ["cat:score:no", "cat:score:yes"]].to_numpy() - expected).max() < 1e-5
+    assert all(image_server.hits[f"/latency/{i}.png"] == 2 for i in ok)  # once by score, once above

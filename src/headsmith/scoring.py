@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.progress import Progress
 
 from headsmith.engines import RAY_TASK_ROWS, RayOptions
@@ -186,26 +188,49 @@ def _manifest(out: Path, job: str) -> dict | None:
     return manifest
 
 
+IMAGE_THREADS = 16  # images fetched and decoded at once (network waits, and decoding lets go of the GIL)
+
+
+def _score_images(predictor: Predictor, refs: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The scores of the images at `refs` that load (in order) and each one's status ("ok" or why it failed).
+    A batch at a time is fetched and decoded by a pool of threads while the batch before it is scored: a chunk's
+    images are never all in memory."""
+    def load(ref: str):
+        try:
+            return predictor.load_images([ref])[0]
+        except HeadsmithError as e:
+            return f"failed: {e}"
+
+    size, status, parts = predictor.batch_size, [], []
+    with ThreadPoolExecutor(IMAGE_THREADS) as pool:
+        batches = [refs[start:start + size] for start in range(0, len(refs), size)]
+        pending = [pool.submit(load, ref) for ref in batches[0]] if batches else []
+        for k in range(len(batches)):
+            loaded = [future.result() for future in pending]
+            pending = [pool.submit(load, ref) for ref in batches[k + 1]] if k + 1 < len(batches) else []
+            images = [image for image in loaded if not isinstance(image, str)]
+            status += ["ok" if not isinstance(image, str) else image for image in loaded]
+            if images:
+                parts.append(predictor.net.scores(images, size))
+    return ({head: torch.cat([part[head] for part in parts]) for head in parts[0]} if parts else {}), status
+
+
 def _score_chunk(predictor: Predictor, chunk: pd.DataFrame, input_column: str, keep: list[str]) -> pd.DataFrame:
     """A chunk (with its `row` numbers) scored: kept columns, row, status, per head the decision and scores."""
     values = chunk[input_column].tolist()
-    status = ["ok"] * len(values)
-    inputs: list = [None] * len(values)
-    for i, value in enumerate(values):
-        if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
-            status[i] = "empty"
-        elif predictor.kind == "image":
-            try:
-                inputs[i] = predictor.load_images([str(value)])[0]
-            except HeadsmithError as e:
-                status[i] = f"failed: {e}"
-        else:
-            inputs[i] = str(value)
+    status = ["empty" if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+              else "ok" for value in values]
+    given = [i for i, s in enumerate(status) if s == "ok"]
+    if predictor.kind == "image":
+        scores, loaded = _score_images(predictor, [str(values[i]) for i in given])
+        for i, s in zip(given, loaded):
+            status[i] = s
+    else:
+        scores = predictor.net.scores([str(values[i]) for i in given], predictor.batch_size, by_length=True)
     scored = [i for i, s in enumerate(status) if s == "ok"]
     columns = {name: chunk[name] for name in keep}
     columns["row"] = chunk["row"].to_numpy()
     columns["status"] = status
-    scores = predictor.net.scores([inputs[i] for i in scored], predictor.batch_size, by_length=True) if scored else {}
     for head, classes in predictor.card.heads.items():
         table = np.full((len(chunk), len(classes)), np.nan, dtype=np.float32)
         decision = np.full(len(chunk), None, dtype=object)
