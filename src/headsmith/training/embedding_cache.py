@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -53,13 +54,29 @@ def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] 
 SHARD_ROWS = 65_536  # embeddings per shard file (96 MiB at 384 dimensions): what computing them holds at once
 
 
+def _mapped_npy(path: Path) -> tuple[mmap.mmap, np.ndarray]:
+    """A .npy file memory-mapped read-only: the mapping (to give pages back) and the array over it."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    array = np.frombuffer(mapped, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(
+        shape, order="F" if fortran else "C")
+    return mapped, array
+
+
 class Embeddings:
     """A snapshot's embeddings, row after row, in shards memory-mapped from the cache: `embeddings[positions]`
-    reads only those rows, so no size of snapshot is held in memory at once."""
+    reads only those rows, so no size of snapshot is held in memory at once. The pages a read touched are given
+    back right after (they stay in the page cache, not in this process): reading every row, as a fit over all of
+    them does, leaves the process no larger."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.shards = [np.load(f, mmap_mode="r") for f in sorted(folder.glob("shard-*.npy"))]
+        mapped = [_mapped_npy(f) for f in sorted(folder.glob("shard-*.npy"))]
+        self._maps, self.shards = [m for m, _ in mapped], [a for _, a in mapped]
         self.starts = np.cumsum([0, *(len(shard) for shard in self.shards)])
         self.dim = self.shards[0].shape[1] if self.shards else 0
 
@@ -77,11 +94,13 @@ class Embeddings:
         for k in np.unique(shard):
             mine = shard == k
             out[mine] = self.shards[k][positions[mine] - self.starts[k]]
+            if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
+                self._maps[k].madvise(mmap.MADV_DONTNEED)
         return torch.from_numpy(out)
 
     def numpy(self) -> np.ndarray:
-        """All of them in memory (a solve fits on every row at once)."""
-        return np.concatenate(self.shards) if self.shards else np.zeros((0, self.dim), np.float32)
+        """All of them, in memory."""
+        return self[:].numpy()
 
     def __getstate__(self):  # to a DataLoader worker: the folder, not the mapped bytes
         return {"folder": self.folder}

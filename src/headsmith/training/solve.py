@@ -6,7 +6,9 @@ head is trained with a plateau schedule until its loss stops falling. Each head'
 its width and dropout; for `head=auto`, linear or MLP) is chosen by k-fold cross-validation on the non-test rows,
 scored by the selection rule; the final fit then uses all of them, and the out-of-fold predictions at the chosen
 setting stand in for validation data (thresholds, the `val` metrics): never rows a head was fit on. With `folds: 0`
-the validation split is the held-out part and the final fit uses the training split.
+the validation split is the held-out part and the final fit uses the training split. A head with more rows than
+`search_rows` is searched on a stratified sample of them, and its final fit reads all of them from the embedding
+cache a part at a time: no size of snapshot is held in memory at once.
 
 L2 pulls a new head toward zero and a re-trained head toward the base head's weights (its prior), so a small
 snapshot nudges a base head instead of replacing it."""
@@ -121,7 +123,8 @@ class LinearProblem:
     3x since (a path of rising C makes the fit ever more confident). With fewer rows than features the weights'
     part outside the rows' span only meets the L2 term, so it stays at the prior's and the rest is solved in the
     span: exact, and cheaper. `x` may be float32 (half the memory; the line search then takes more steps, as the
-    objective is less exact)."""
+    objective is less exact), or FeatureRows: then each product is a sum over parts of the rows read in turn, the
+    same objective over rows that need not fit in memory."""
 
     def __init__(self, x: np.ndarray | FeatureRows, y: np.ndarray, num_classes: int,
                  sample_weight: np.ndarray | None = None):
