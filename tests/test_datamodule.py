@@ -28,6 +28,38 @@ def test_split_is_stratified_disjoint_and_seeded(reviews_snapshot):
     assert other["val"]["row"].tolist() != parts["val"]["row"].tolist()
 
 
+def test_splits_are_the_rows_earlier_versions_chose(reviews_snapshot):
+    """Existing snapshots keep their splits: the split equals the one headsmith made before it stopped building a
+    key string per row (that code, below), on real rows and on labels chosen to sort differently as strings and as
+    tuples ("a b" < "a|..." as a key), with unlabelled cells and rows that label no head."""
+    def before(frame, heads, fractions, seed):
+        rng = np.random.default_rng(seed)
+        labels = [frame[head].fillna("-").astype(str) for head in heads]
+        strata = labels[0].str.cat(labels[1:], sep="|")
+        parts = {name: [] for name in ["train", *fractions]}
+        for _, index in sorted(frame.groupby(strata).groups.items()):
+            index = rng.permutation(np.asarray(index))
+            start = 0
+            for name, share in fractions.items():
+                take = int(round(share * len(index)))
+                parts[name].extend(index[start:start + take])
+                start += take
+            parts["train"].extend(index[start:])
+        return {name: frame.loc[sorted(idx)].reset_index(drop=True) for name, idx in parts.items()}
+
+    rng = np.random.default_rng(5)
+    tricky = pd.DataFrame({"row": range(3000), "a": rng.choice(["a", "a b", "a|c", "b", None], 3000),
+                           "b": rng.choice(["x", "-", "x y", None], 3000), "c": rng.choice([None, "z"], 3000)})
+    tricky = tricky[tricky[["a", "b"]].notna().any(axis=1)]  # as the datamodule filters (the index has gaps)
+    for frame, heads in ((reviews_snapshot.labels(), ["sentiment", "long"]), (reviews_snapshot.labels(), ["long"]),
+                         (tricky, ["a", "b"]), (tricky, ["a", "b", "c"])):
+        for seed in (0, 42):
+            ours, theirs = (split(frame, heads, {"val": 0.1, "test": 0.2}, seed) for split in (stratified_split,
+                                                                                            before))
+            for name in ("train", "val", "test"):
+                pd.testing.assert_frame_equal(ours[name], theirs[name])
+
+
 def test_batches_carry_masked_labels_and_balanced_weights(workspace, tmp_path):
     path = tmp_path / "imbalanced.csv"
     pd.DataFrame({"text": [f"text {i}" for i in range(100)],

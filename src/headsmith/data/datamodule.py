@@ -20,20 +20,29 @@ UNLABELLED = -1
 
 def stratified_split(frame: pd.DataFrame, heads: list[str], fractions: dict[str, float], seed: int) -> dict:
     """Split rows so every combination of labels (unlabelled counts as its own value) keeps its share in each
-    part. `fractions` gives the share of each held-out part; the rest is `train`."""
+    part. `fractions` gives the share of each held-out part; the rest is `train`. The combinations are taken in the
+    order of their "label|label" keys, each one's rows shuffled by one seeded permutation: the same split for the
+    same rows as ever, with a few integers per row (no key string per row)."""
     rng = np.random.default_rng(seed)
-    labels = [frame[head].fillna("-").astype(str) for head in heads]
-    strata = labels[0].str.cat(labels[1:], sep="|") if heads else pd.Series("", index=frame.index)
+    codes, names = zip(*(pd.factorize(frame[head].fillna("-").astype(str)) for head in heads)) if heads else ((), ())
+    combos, combo_of = (np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True) if heads
+                        else (np.zeros((1, 0), np.int64), np.zeros(len(frame), np.int64)))
+    combo_of = combo_of.reshape(-1)
+    keys = ["|".join(str(names[h][c]) for h, c in enumerate(combo)) for combo in combos]
+    members = np.argsort(combo_of, kind="stable")  # each combination's rows, in frame order
+    counts = np.bincount(combo_of, minlength=len(combos))
+    ends = np.cumsum(counts)
     parts = {name: [] for name in ["train", *fractions]}
-    for _, index in sorted(frame.groupby(strata).groups.items()):
-        index = rng.permutation(np.asarray(index))
+    for combo in sorted(range(len(combos)), key=keys.__getitem__):
+        rows = rng.permutation(members[ends[combo] - counts[combo]:ends[combo]])
         start = 0
         for name, share in fractions.items():
-            take = int(round(share * len(index)))
-            parts[name].extend(index[start:start + take])
+            take = int(round(share * len(rows)))
+            parts[name].append(rows[start:start + take])
             start += take
-        parts["train"].extend(index[start:])
-    return {name: frame.loc[sorted(idx)].reset_index(drop=True) for name, idx in parts.items()}
+        parts["train"].append(rows[start:])
+    return {name: frame.iloc[np.sort(np.concatenate(rows or [np.zeros(0, np.int64)]))].reset_index(drop=True)
+            for name, rows in parts.items()}
 
 
 def snapshot_differences(train: Snapshot, test: Snapshot, heads: list[str]) -> list[str]:

@@ -530,7 +530,7 @@ def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, fea
     frame then holds the samples' held-out rows only, each head's label kept on its own sample's rows."""
     folds, limit = int(settings.folds), settings.get("search_rows")
     positions, is_val = rows["position"].to_numpy(), (rows["part"] == "val").to_numpy()
-    solutions, sampled = {}, {}
+    solutions, sampled = {}, False
     for head, action in plan.items():
         if action == "keep":
             continue
@@ -572,7 +572,7 @@ def solve_heads(net: MultiHeadNet, plan: dict[str, str], rows: pd.DataFrame, fea
                                               y_all if folds else y_all[~is_val[labelled]], solution.fit)
             console.print(f"head '{head}': {solution.chosen} chosen on a sample of {len(searched):,} rows, fit on all "
                           f"{len(fit_on):,} in {time.monotonic() - started:.1f} s", highlight=False)
-            sampled[head] = True
+            sampled = True
         net.heads[key], net.head_specs[head] = build_head(solution.chosen, features.shape[1], len(classes),
                                                           solution.fit.state)
         solution.held_out_rows = labelled[searched[solution.held_out_index]]  # in `rows`, for now
