@@ -625,6 +625,26 @@ def playground(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a pack
         server.server_close()
 
 
+@app.command("ui")
+@user_errors
+def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 8800,
+       host: Annotated[str, typer.Option(help="address to bind; anything but 127.0.0.1 lets other machines reach "
+                                              "the app (they still need the token)")] = "127.0.0.1"):
+    """The web app over the workspace, on this machine: open the URL it prints (it carries a fresh token)."""
+    import uvicorn
+
+    from headsmith.ui.app import LOOPBACK, create_app, new_token
+    from headsmith.workspace import Workspace
+
+    token = new_token()
+    if host not in LOOPBACK:
+        console.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach it and holds the token can train "
+                      "and deploy on this machine")
+    shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
+    console.print(f"headsmith ui: open http://{shown}:{port}/?token={token}", highlight=False)
+    uvicorn.run(create_app(Workspace(), token, hosts={host}), host=host, port=port, log_level="warning")
+
+
 @app.command("compare")
 @user_errors
 def compare_command(a: Annotated[str, typer.Argument(help="a run folder, evaluation folder or model (A)")],

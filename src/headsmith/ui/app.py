@@ -1,0 +1,135 @@
+"""`headsmith ui`: a local web app over the workspace, driving the same library functions as the CLI.
+
+Trust model: whoever holds the token can train and deploy on this machine. The server binds 127.0.0.1 by default
+and prints a random token at start (as Jupyter does); opening the printed URL keeps the token in a cookie
+(HttpOnly, SameSite=Strict). Every request is checked, in order: its Host header names this server (a page of
+another site that resolves its own name to 127.0.0.1, DNS rebinding, is refused), it carries the token, and a
+request that changes anything carries the CSRF token its page was given."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from headsmith.workspace import Workspace
+
+COOKIE = "headsmith_token"
+LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+MAX_BODY = 1 << 20  # a form's body; uploads have their own cap
+templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def csrf_token(token: str) -> str:
+    """The CSRF token of every page: derived from the session token, so a page of another site cannot know it."""
+    return hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
+
+
+class Guard:
+    """ASGI middleware: Host, token and CSRF checks before any route runs."""
+
+    def __init__(self, app, token: str, hosts: set[str]):
+        self.app, self.token, self.hosts = app, token, hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive)
+        if _host_name(request.headers.get("host", "")) not in self.hosts:
+            return await PlainTextResponse(f"Host {request.headers.get('host')!r} is not this server: open it as "
+                                           "http://127.0.0.1 (or the --host it was started with)",
+                                           status_code=400)(scope, receive, send)
+        given = request.query_params.get("token")
+        if given is not None and request.method in SAFE_METHODS:  # the printed URL: keep the token, drop it from
+            if not hmac.compare_digest(given, self.token):        # the address bar and the history
+                return await self._login(request, status=401, error="wrong token")(scope, receive, send)
+            query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+            response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        if request.url.path == "/login" and request.method == "POST":
+            return await self.app(scope, receive, send)  # it carries the token itself
+        if not hmac.compare_digest(request.cookies.get(COOKIE, ""), self.token):
+            if request.method in SAFE_METHODS and "text/html" in request.headers.get("accept", ""):
+                return await self._login(request, status=401)(scope, receive, send)
+            return await PlainTextResponse("401: open the URL `headsmith ui` printed (it carries the token)",
+                                           status_code=401)(scope, receive, send)
+        if request.method not in SAFE_METHODS:
+            if int(request.headers.get("content-length") or 0) > MAX_BODY:
+                return await PlainTextResponse("413: request too large", status_code=413)(scope, receive, send)
+            body = await request.body()
+            sent = request.headers.get("x-csrf-token")
+            if sent is None and request.headers.get("content-type", "").startswith(
+                    "application/x-www-form-urlencoded"):
+                sent = (await request.form()).get("csrf")
+            if not sent or not hmac.compare_digest(str(sent), csrf_token(self.token)):
+                return await PlainTextResponse("403: missing or wrong CSRF token; reload the page and try again",
+                                               status_code=403)(scope, receive, send)
+            receive = _replay(body)
+        return await self.app(scope, receive, send)
+
+    def _login(self, request: Request, status: int, error: str | None = None) -> Response:
+        return templates.TemplateResponse(request, "login.html", {"error": error, "next": request.url.path},
+                                          status_code=status)
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header: "localhost:8800" -> "localhost", "[::1]:8800" -> "[::1]"."""
+    name = header[:header.find("]") + 1] if header.startswith("[") else header.rsplit(":", 1)[0]
+    return name.lower()
+
+
+def _replay(body: bytes):
+    """A `receive` that hands the body read by the guard to the route."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset()) -> Guard:
+    """The app over `workspace`; `hosts`: names it may be reached by besides the loopback ones."""
+    def page(request: Request, name: str, context: dict) -> Response:
+        return templates.TemplateResponse(request, name, {"csrf": csrf_token(token), **context})
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/datasets", status_code=303)
+
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        target = str(form.get("next") or "/")
+        target = target if target.startswith("/") and not target.startswith("//") else "/"  # no open redirect
+        if not hmac.compare_digest(str(form.get("token", "")), token):
+            return templates.TemplateResponse(request, "login.html", {"error": "wrong token", "next": target},
+                                              status_code=401)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    async def datasets(request: Request) -> Response:
+        from headsmith.data.dataset import list_datasets
+
+        return page(request, "datasets.html", {"datasets": list_datasets(workspace)})
+
+    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]),
+                            Route("/datasets", datasets)])
+    return Guard(app, token, LOOPBACK | {h.lower() for h in hosts})
