@@ -82,3 +82,6 @@ def test_a_change_without_the_pages_csrf_token_is_refused(ui):
         assert browser.post("/datasets", headers={"X-CSRF-Token": expected}).status_code == 405
         too_big = browser.post("/datasets", content=b"x" * (2 << 20), headers={"X-CSRF-Token": expected})
         assert too_big.status_code == 413
+        chunked = browser.post("/datasets", content=(b"x" * 65536 for _ in range(32)),  # no declared length
+                               headers={"X-CSRF-Token": expected})
+        assert chunked.status_code == 413

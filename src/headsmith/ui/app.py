@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,7 +25,7 @@ from headsmith.workspace import Workspace
 COOKIE = "headsmith_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-MAX_BODY = 1 << 20  # a form's body; uploads have their own cap
+MAX_BODY = 1 << 20  # a request's body (uploads will have their own cap)
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
 
@@ -68,13 +68,15 @@ class Guard:
             return await PlainTextResponse("401: open the URL `headsmith ui` printed (it carries the token)",
                                            status_code=401)(scope, receive, send)
         if request.method not in SAFE_METHODS:
-            if int(request.headers.get("content-length") or 0) > MAX_BODY:
-                return await PlainTextResponse("413: request too large", status_code=413)(scope, receive, send)
-            body = await request.body()
+            body = b""
+            async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return await PlainTextResponse("413: request too large", status_code=413)(scope, receive, send)
             sent = request.headers.get("x-csrf-token")
             if sent is None and request.headers.get("content-type", "").startswith(
                     "application/x-www-form-urlencoded"):
-                sent = (await request.form()).get("csrf")
+                sent = (parse_qs(body.decode("latin-1")).get("csrf") or [None])[0]
             if not sent or not hmac.compare_digest(str(sent), csrf_token(self.token)):
                 return await PlainTextResponse("403: missing or wrong CSRF token; reload the page and try again",
                                                status_code=403)(scope, receive, send)
