@@ -42,6 +42,8 @@ def test_the_token_is_needed_and_kept_in_a_cookie(ui):
     assert page.status_code == 401 and "Sign in" in page.text and "posts" not in page.text
     assert httpx.get(f"{base}/datasets").status_code == 401
     assert httpx.get(f"{base}/datasets?token=wrong", headers={"Accept": "text/html"}).status_code == 401
+    assert httpx.get(f"{base}/datasets?token=%C3%A9t%C3%A9").status_code == 401  # any text, not a crash
+    assert httpx.post(f"{base}/login", content=b"token=" + b"x" * (2 << 20)).status_code == 413
 
     opened = httpx.get(url)  # the printed URL: the token goes into a cookie and out of the address
     assert opened.status_code == 303 and opened.headers["location"] == "/"

@@ -38,6 +38,11 @@ def csrf_token(token: str) -> str:
     return hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
 
 
+def same(given: str, secret: str) -> bool:
+    """A constant-time comparison that takes any text a request may carry."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
+
+
 class Guard:
     """ASGI middleware: Host, token and CSRF checks before any route runs."""
 
@@ -52,9 +57,16 @@ class Guard:
             return await PlainTextResponse(f"Host {request.headers.get('host')!r} is not this server: open it as "
                                            "http://127.0.0.1 (or the --host it was started with)",
                                            status_code=400)(scope, receive, send)
+        body = b""
+        if request.method not in SAFE_METHODS:
+            async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return await PlainTextResponse("413: request too large", status_code=413)(scope, receive, send)
+            receive = _replay(body)
         given = request.query_params.get("token")
         if given is not None and request.method in SAFE_METHODS:  # the printed URL: keep the token, drop it from
-            if not hmac.compare_digest(given, self.token):        # the address bar and the history
+            if not same(given, self.token):                       # the address bar and the history
                 return await self._login(request, status=401, error="wrong token")(scope, receive, send)
             query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
@@ -62,25 +74,19 @@ class Guard:
             return await response(scope, receive, send)
         if request.url.path == "/login" and request.method == "POST":
             return await self.app(scope, receive, send)  # it carries the token itself
-        if not hmac.compare_digest(request.cookies.get(COOKIE, ""), self.token):
+        if not same(request.cookies.get(COOKIE, ""), self.token):
             if request.method in SAFE_METHODS and "text/html" in request.headers.get("accept", ""):
                 return await self._login(request, status=401)(scope, receive, send)
             return await PlainTextResponse("401: open the URL `headsmith ui` printed (it carries the token)",
                                            status_code=401)(scope, receive, send)
         if request.method not in SAFE_METHODS:
-            body = b""
-            async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return await PlainTextResponse("413: request too large", status_code=413)(scope, receive, send)
             sent = request.headers.get("x-csrf-token")
             if sent is None and request.headers.get("content-type", "").startswith(
                     "application/x-www-form-urlencoded"):
-                sent = (parse_qs(body.decode("latin-1")).get("csrf") or [None])[0]
-            if not sent or not hmac.compare_digest(str(sent), csrf_token(self.token)):
+                sent = (parse_qs(body.decode("latin-1")).get("csrf") or [""])[0]
+            if not same(sent or "", csrf_token(self.token)):
                 return await PlainTextResponse("403: missing or wrong CSRF token; reload the page and try again",
                                                status_code=403)(scope, receive, send)
-            receive = _replay(body)
         return await self.app(scope, receive, send)
 
     def _login(self, request: Request, status: int, error: str | None = None) -> Response:
@@ -120,7 +126,7 @@ def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset()) 
         form = await request.form()
         target = str(form.get("next") or "/")
         target = target if target.startswith("/") and not target.startswith("//") else "/"  # no open redirect
-        if not hmac.compare_digest(str(form.get("token", "")), token):
+        if not same(str(form.get("token", "")), token):
             return templates.TemplateResponse(request, "login.html", {"error": "wrong token", "next": target},
                                               status_code=401)
         response = RedirectResponse(target, status_code=303)
