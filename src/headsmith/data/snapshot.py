@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import mmap
 import os
 import shutil
 import sqlite3
@@ -25,7 +24,7 @@ from rich.progress import track
 from headsmith.data.dataset import check_name, file_sha256, get_dataset, row_chunks, summary
 from headsmith.data.media import BlobStore, DamagedBlob
 from headsmith.errors import HeadsmithError, SnapshotError
-from headsmith.files import atomic_path, publish_folder
+from headsmith.files import atomic_path, give_back, map_file, publish_folder
 from headsmith.workspace import Workspace
 
 FORMAT_VERSION = 2  # 2: the invalid rows and conflicting duplicates are files beside the manifest, not in it
@@ -106,8 +105,7 @@ class Snapshot:
 
         column, mapped = self._input_column
         values = column.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
-        if hasattr(mmap, "MADV_DONTNEED"):  # the pages read go back to the page cache: reading every row over
-            mapped.madvise(mmap.MADV_DONTNEED)  # time (an evaluation) leaves the process no larger
+        give_back(mapped)  # reading every row over time (an evaluation) leaves the process no larger
         return values
 
     def input_hashes(self) -> np.ndarray:
@@ -137,8 +135,7 @@ class Snapshot:
             with atomic_path(path) as tmp, pa.ipc.new_file(str(tmp), schema) as writer:
                 for batch in data.iter_batches(batch_size=65_536, columns=["input"]):
                     writer.write_batch(batch)
-        with open(path, "rb") as f:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = map_file(path)
         return pa.ipc.open_file(pa.py_buffer(mapped)).read_all().column("input"), mapped
 
     def invalid_rows(self) -> Iterator[dict]:

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import itertools
 import json
-import mmap
 import os
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from rich.progress import Progress
 from headsmith.data.snapshot import DATA_FILE, Snapshot
 from headsmith.engines import RAY_TASK_ROWS, RayOptions
 from headsmith.errors import HeadsmithError
+from headsmith.files import give_back, map_file
 from headsmith.evaluation.report import console
 from headsmith.models.net import batched, evaluating
 from headsmith.workspace import Workspace
@@ -54,14 +54,14 @@ def embed(backbone: torch.nn.Module, inputs: list, load: Callable[[list], list] 
 SHARD_ROWS = 65_536  # embeddings per shard file (96 MiB at 384 dimensions): what computing them holds at once
 
 
-def _mapped_npy(path: Path) -> tuple[mmap.mmap, np.ndarray]:
+def _mapped_npy(path: Path) -> tuple[object, np.ndarray]:
     """A .npy file memory-mapped read-only: the mapping (to give pages back) and the array over it."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(f)
         offset = f.tell()
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mapped = map_file(path)
     array = np.frombuffer(mapped, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(
         shape, order="F" if fortran else "C")
     return mapped, array
@@ -94,8 +94,7 @@ class Embeddings:
         for k in np.unique(shard):
             mine = shard == k
             out[mine] = self.shards[k][positions[mine] - self.starts[k]]
-            if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
-                self._maps[k].madvise(mmap.MADV_DONTNEED)
+            give_back(self._maps[k])
         return torch.from_numpy(out)
 
     def numpy(self) -> np.ndarray:

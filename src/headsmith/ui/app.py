@@ -43,6 +43,18 @@ def same(given: str, secret: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
 
 
+def signed_in(response: Response, token: str) -> Response:
+    """`response` with the token in the cookie every later request carries."""
+    response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return response
+
+
+def login_page(request: Request, status: int, error: str | None = None, target: str | None = None) -> Response:
+    """The sign-in form; signing in leads on to `target` (else the page asked for)."""
+    return templates.TemplateResponse(request, "login.html", {"error": error, "next": target or request.url.path},
+                                      status_code=status)
+
+
 class Guard:
     """ASGI middleware: Host, token and CSRF checks before any route runs."""
 
@@ -67,16 +79,15 @@ class Guard:
         given = request.query_params.get("token")
         if given is not None and request.method in SAFE_METHODS:  # the printed URL: keep the token, drop it from
             if not same(given, self.token):                       # the address bar and the history
-                return await self._login(request, status=401, error="wrong token")(scope, receive, send)
+                return await login_page(request, status=401, error="wrong token")(scope, receive, send)
             query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
-            return await response(scope, receive, send)
+            return await signed_in(response, self.token)(scope, receive, send)
         if request.url.path == "/login" and request.method == "POST":
             return await self.app(scope, receive, send)  # it carries the token itself
         if not same(request.cookies.get(COOKIE, ""), self.token):
             if request.method in SAFE_METHODS and "text/html" in request.headers.get("accept", ""):
-                return await self._login(request, status=401)(scope, receive, send)
+                return await login_page(request, status=401)(scope, receive, send)
             return await PlainTextResponse("401: open the URL `headsmith ui` printed (it carries the token)",
                                            status_code=401)(scope, receive, send)
         if request.method not in SAFE_METHODS:
@@ -88,10 +99,6 @@ class Guard:
                 return await PlainTextResponse("403: missing or wrong CSRF token; reload the page and try again",
                                                status_code=403)(scope, receive, send)
         return await self.app(scope, receive, send)
-
-    def _login(self, request: Request, status: int, error: str | None = None) -> Response:
-        return templates.TemplateResponse(request, "login.html", {"error": error, "next": request.url.path},
-                                          status_code=status)
 
 
 def _host_name(header: str) -> str:
@@ -127,11 +134,8 @@ def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset()) 
         target = str(form.get("next") or "/")
         target = target if target.startswith("/") and not target.startswith("//") else "/"  # no open redirect
         if not same(str(form.get("token", "")), token):
-            return templates.TemplateResponse(request, "login.html", {"error": "wrong token", "next": target},
-                                              status_code=401)
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-        return response
+            return login_page(request, status=401, error="wrong token", target=target)
+        return signed_in(RedirectResponse(target, status_code=303), token)
 
     async def datasets(request: Request) -> Response:
         from headsmith.data.dataset import list_datasets
