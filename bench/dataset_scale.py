@@ -54,7 +54,8 @@ def run(args: list[str], env: dict) -> tuple[float, float, str]:
 
 
 def show_queries(home: Path) -> float:
-    """Seconds for what `dataset show` asks the catalog: counts, the first page of rows, the failed images."""
+    """Seconds for what `dataset show` asks the catalog: counts, the first page of rows (and their count), the failed
+    images."""
     env = {**os.environ, "HEADSMITH_HOME": str(home)}
     code = ("import time\n"
             "from headsmith.data.dataset import failed_images, rows_page, summary\n"

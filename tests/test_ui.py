@@ -1,5 +1,5 @@
 """`headsmith ui`, the real server on 127.0.0.1: the token (URL, cookie, login form), the Host check against DNS
-rebinding, CSRF on every request that changes anything, and the datasets page."""
+rebinding, CSRF on every request that changes anything; the dataset pages through HTTP and in Chromium."""
 
 import os
 import re
@@ -8,9 +8,13 @@ import subprocess
 import time
 
 import httpx
+import pandas as pd
 import pytest
 
-from conftest import HEADSMITH, import_csv
+from selenium.webdriver.common.by import By
+
+from conftest import HEADSMITH, console_errors, import_csv, run_cli, save_screenshot
+from headsmith.data.dataset import history, rows_frame
 
 
 @pytest.fixture
@@ -52,7 +56,7 @@ def test_the_token_is_needed_and_kept_in_a_cookie(ui):
     with httpx.Client(base_url=base, cookies=opened.cookies, follow_redirects=True) as browser:
         listing = browser.get("/")
         assert listing.status_code == 200 and listing.url.path == "/datasets"
-        row = re.search(r"<tr><td>posts</td><td>([\d,]+)</td>", listing.text)
+        row = re.search(r'<tr><td><a href="/datasets/posts">posts</a></td><td>([\d,]+)</td>', listing.text)
         assert row and row.group(1) == "30"
 
     wrong = httpx.post(f"{base}/login", data={"token": "nope", "next": "/datasets"})
@@ -87,3 +91,117 @@ def test_a_change_without_the_pages_csrf_token_is_refused(ui):
         chunked = browser.post("/datasets", content=(b"x" * 65536 for _ in range(32)),  # no declared length
                                headers={"X-CSRF-Token": expected})
         assert chunked.status_code == 413
+
+
+def signed_in_client(url: str, base: str) -> httpx.Client:
+    return httpx.Client(base_url=base, cookies=httpx.get(url).cookies)
+
+
+def row_form(page: str, row: int, column: str) -> dict:
+    """The fields of the inline edit form of `row`'s `column` cell, as the page wrote them."""
+    form = re.search(rf'<tr id="row-{row}">.*?<input type="hidden" name="column" value="{column}">.*?</form>', page,
+                     re.S).group(0)
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form))
+
+
+def test_the_dataset_page_pages_and_filters_on_the_server(ui, workspace):
+    with signed_in_client(*ui) as browser:
+        page = browser.get("/datasets/posts?limit=10&offset=10").text
+        assert re.findall(r'<tr id="row-(\d+)">', page) == [str(r) for r in range(11, 21)]
+        assert "rows 11&ndash;20 of 30" in page and 'id="next"' in page and 'id="previous"' in page
+        negative = browser.get("/datasets/posts?class.sentiment=%3Dnegative").text
+        rows = rows_frame(workspace, "posts")
+        expected = rows[rows.sentiment == "negative"].row.tolist()
+        assert re.findall(r'<tr id="row-(\d+)">', negative) == [str(r) for r in expected]
+        assert f"of {len(expected)}" in negative
+        wrong = browser.get("/datasets/posts?class.text=%3Dx")
+        assert wrong.status_code == 400 and "column &#39;text&#39; of dataset &#39;posts&#39; is not a label" in wrong.text
+        assert browser.get("/datasets/nope").status_code == 404
+
+
+def test_a_stale_edit_is_refused_with_the_current_value(ui, workspace):
+    with signed_in_client(*ui) as browser:
+        shown = browser.get("/datasets/posts").text
+        form = row_form(shown, 3, "sentiment")
+        old = rows_frame(workspace, "posts").set_index("row").sentiment[3]
+        new = "positive" if old == "negative" else "negative"
+        assert run_cli("dataset", "set", "posts", "3", "sentiment", new).returncode == 0  # the CLI, meanwhile
+        refused = browser.post("/datasets/posts/change", data={**form, "action": "set", "value": old})
+        assert refused.status_code == 409
+        assert re.search(rf"not saved: 1 row of dataset &#39;posts&#39; changed since .*row 3: .*sentiment=&#39;{new}",
+                         refused.text)
+        assert row_form(refused.text, 3, "sentiment")["version.3"] != form["version.3"]  # the page as it is now
+        assert rows_frame(workspace, "posts").set_index("row").sentiment[3] == new  # not overwritten
+
+        fresh = row_form(refused.text, 3, "sentiment")
+        saved = browser.post("/datasets/posts/change", data={**fresh, "action": "set", "value": old})
+        assert saved.status_code == 303
+        change = history(workspace, "posts")[-1]
+        assert saved.headers["location"] == f"/datasets/posts?offset=0&change={change['id']}"
+        assert (change["action"], change["old"], change["new"]) == ("set", new, old)
+        banner = browser.get(saved.headers["location"]).text
+        assert f"Change {change['id']}: row 3: sentiment &#39;{new}&#39; \u2192 &#39;{old}&#39;" in banner
+
+
+def test_thumbnails_name_a_blob_and_nothing_else(ui):
+    with signed_in_client(*ui) as browser:
+        for bad in ("..%2F..%2Fcatalog.sqlite", "A" * 64, "0" * 63):
+            assert browser.get(f"/thumbnails/{bad}").status_code in (400, 404)
+        missing = browser.get(f"/thumbnails/{'0' * 64}")
+        assert missing.status_code == 404 and "is missing" in missing.text
+
+
+def test_the_dataset_page_in_chromium(ui, browser, image_server, workspace, tmp_path):
+    """Thumbnails of the fetched images, a failed image with its reason, an inline label fix, a selection relabelled
+    and undone, a deletion, and a retry of a failed image, as a person does them."""
+    url, base = ui
+    rows = [(f"{image_server.url}/photo/{p}", "yes" if p == "chelsea.png" else "no")
+            for p in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")]
+    rows += [(f"{image_server.url}/missing.jpg", "no"), (f"{image_server.url}/page.jpg", "no")]
+    pd.DataFrame(rows, columns=["url", "cat"]).to_csv(tmp_path / "pets.csv", index=False)
+    import_csv(workspace, tmp_path / "pets.csv", "pets", url="image", cat="label")
+
+    browser.get(url)
+    browser.get(f"{base}/datasets/pets")
+    images = browser.find_elements(By.CSS_SELECTOR, "img.thumb")
+    assert len(images) == 4
+    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 0
+               for i in images)
+    failed = browser.find_element(By.ID, "row-5")
+    assert "http_error" in failed.text and "http 404" in failed.text
+    assert "not_an_image" in browser.find_element(By.ID, "row-6").text
+    save_screenshot(browser, "ui-dataset.png")
+
+    cell = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="cat of row 2"]')  # coffee: no cat at all...
+    cell.clear()
+    cell.send_keys("yes")
+    cell.find_element(By.XPATH, "following-sibling::button").click()
+    assert "Change" in browser.find_element(By.ID, "change").text
+    assert rows_frame(workspace, "pets").set_index("row").cat[2] == "yes"
+    cell = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="cat of row 2"]')  # ...so back to no
+    cell.clear()
+    cell.send_keys("no")
+    cell.find_element(By.XPATH, "following-sibling::button").click()
+    assert rows_frame(workspace, "pets").set_index("row").cat[2] == "no"
+
+    before = rows_frame(workspace, "pets").cat.tolist()
+    for row in (3, 4):
+        browser.find_element(By.CSS_SELECTOR, f'#row-{row} input[name="row"]').click()
+    browser.find_element(By.CSS_SELECTOR, '#selection input[name="value"]').send_keys("maybe")
+    browser.find_element(By.ID, "set-selected").click()
+    assert rows_frame(workspace, "pets").set_index("row").cat[[3, 4]].tolist() == ["maybe", "maybe"]
+    assert "2 rows: cat \u2192 'maybe'" in browser.find_element(By.ID, "change").text
+    browser.find_element(By.ID, "undo").click()
+    assert rows_frame(workspace, "pets").cat.tolist() == before
+
+    hits = image_server.hits["/missing.jpg"]
+    browser.find_element(By.CSS_SELECTOR, '#row-5 input[name="row"]').click()
+    browser.find_element(By.ID, "fetch-selected").click()
+    assert image_server.hits["/missing.jpg"] > hits and "http_error" in browser.find_element(By.ID, "row-5").text
+
+    browser.find_element(By.CSS_SELECTOR, '#row-6 input[name="row"]').click()
+    browser.find_element(By.ID, "delete-selected").click()
+    assert not browser.find_elements(By.ID, "row-6") and rows_frame(workspace, "pets").row.tolist() == [1, 2, 3, 4, 5]
+    assert [h["action"] for h in history(workspace, "pets")] == ["import", "set", "set", "relabel", "undo",
+                                                                 "delete_rows"]
+    assert console_errors(browser) == []

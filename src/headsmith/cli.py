@@ -247,19 +247,13 @@ def dataset_import(
     """Import a CSV: infer each column's type (confirm or override), store the rows, fetch the images."""
     import sys
 
-    from headsmith.data.dataset import fetch_media, file_sha256, get_dataset, import_dataset
+    from headsmith.data.dataset import fetch_media, import_dataset, imported_already
     from headsmith.data.ingest import infer_columns, read_table
-    from headsmith.errors import DatasetError
     from headsmith.workspace import Workspace
 
     workspace = Workspace()
-    try:
-        existing = get_dataset(workspace, name)
-    except DatasetError:
-        existing = None
     overrides = _parse_columns(column or [])
-    same_types = existing and all({c.name: c.type for c in existing.columns}.get(k) == v for k, v in overrides.items())
-    if existing and existing.source_sha256 == file_sha256(file) and same_types:
+    if imported_already(workspace, name, file, overrides):
         console.print(f"dataset '{name}' was imported from this file already: fetching what is still missing")
         _print_media(fetch_media(workspace, name, _fetcher(concurrency, timeout, retries)), name)
         return
@@ -310,7 +304,7 @@ def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to show
     dataset = get_dataset(workspace, name)
     counts = summary(workspace, name)
     failed_total, failures = failed_images(workspace, name, limit=rows, offset=offset)
-    page = rows_page(workspace, name, limit=rows, offset=offset) if not failed else None
+    page = rows_page(workspace, name, limit=rows, offset=offset)[1] if not failed else None
     if format == "json":
         print(json.dumps({"name": name, "rows": counts["rows"], "columns": [c.as_dict() for c in dataset.columns],
                           "classes": counts["classes"], "media": counts["media"], "failed_total": failed_total,
@@ -403,8 +397,20 @@ def dataset_history(name: str):
     from headsmith.workspace import Workspace
 
     for event in history(Workspace(), name):
-        at, action = event.pop("at"), event.pop("action")
-        console.print(f"{at}  {action}  {json.dumps(event, ensure_ascii=False)}", highlight=False)
+        at, action, change = event.pop("at"), event.pop("action"), event.pop("id")
+        console.print(f"{change:>5}  {at}  {action}  {json.dumps(event, ensure_ascii=False)}", highlight=False)
+
+
+@dataset_app.command("undo")
+@user_errors
+def dataset_undo(name: str, change: Annotated[int, typer.Argument(help="the change's id (first column of "
+                                                                   "`headsmith dataset history`)")]):
+    """Undo an edit, a relabel or a deletion (refused if its rows changed since)."""
+    from headsmith.data.dataset import undo
+    from headsmith.workspace import Workspace
+
+    undo(Workspace(), name, change)
+    console.print(f"undid change {change} of '{name}'", highlight=False)
 
 
 @dataset_app.command("delete")

@@ -22,6 +22,19 @@ class DatasetError(HeadsmithError):
     """A CSV cannot be imported, or a dataset edit is not possible."""
 
 
+class StaleEdit(DatasetError):
+    """An edit made from a view of rows that changed since (another tab, the CLI): nothing was changed.
+    `current`: each changed row's cells as they are now (None: the row is gone)."""
+
+    def __init__(self, dataset: str, current: dict[int, dict | None]):
+        self.current = current
+        shown = "; ".join(f"row {row}: " + ("deleted" if cells is None else ", ".join(f"{k}={v!r}" for k, v in
+                                                                                  cells.items()))
+                          for row, cells in current.items())
+        super().__init__(f"not saved: {len(current)} row{'s' if len(current) > 1 else ''} of dataset '{dataset}' "
+                         f"changed since they were shown (now {shown}); look again and redo the edit")
+
+
 class RegressionGateFailed(HeadsmithError):
     """A kept head got worse than the recipe allows: the model is written, but not fit to be promoted."""
 

@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS tallies (
     PRIMARY KEY (dataset_id, what, column, value)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS media_by_status ON media (dataset_id, status, row);
+-- A page of rows at any offset walks this index alone (the app's pager, `dataset show --offset`).
+CREATE INDEX IF NOT EXISTS live_rows ON dataset_rows (dataset_id, deleted, row);
+CREATE INDEX IF NOT EXISTS history_by_dataset ON history (dataset_id, id);
 CREATE VIEW IF NOT EXISTS label_columns AS
     SELECT d.id AS dataset_id, c.value ->> 'name' AS name FROM datasets d, json_each(d.columns) c
     WHERE c.value ->> 'type' = 'label';

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from headsmith.data.ingest import Column, CsvTable, label_mapping
 from headsmith.data.media import BlobStore, FetchResult, MediaFetcher, local_ref
-from headsmith.errors import DatasetError
+from headsmith.errors import DatasetError, StaleEdit
 from headsmith.workspace import Workspace
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -61,9 +61,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record(db, dataset_id: int, action: str, **detail) -> None:
-    db.execute("INSERT INTO history (dataset_id, at, action, detail) VALUES (?, ?, ?, ?)",
-               (dataset_id, _now(), action, json.dumps(detail, ensure_ascii=False)))
+def imported_already(workspace: Workspace, name: str, file: Path, types: dict[str, str]) -> bool:
+    """Dataset `name` exists, was imported from these very bytes, and has the column `types` asked for (column ->
+    type, those given): importing again only fetches what is still missing."""
+    try:
+        dataset = get_dataset(workspace, name)
+    except DatasetError:
+        return False
+    kept = {c.name: c.type for c in dataset.columns}
+    return all(kept.get(k) == v for k, v in types.items()) and dataset.source_sha256 == file_sha256(Path(file))
+
+
+def _record(db, dataset_id: int, action: str, **detail) -> int:
+    """Keep a change in the dataset's history; returns its id."""
+    return db.execute("INSERT INTO history (dataset_id, at, action, detail) VALUES (?, ?, ?, ?)",
+               (dataset_id, _now(), action, json.dumps(detail, ensure_ascii=False))).lastrowid
 
 
 def get_dataset(workspace: Workspace, name: str) -> Dataset:
@@ -166,26 +178,31 @@ def add_rows(workspace: Workspace, name: str, table: CsvTable) -> tuple[int, lis
     return rows, notes
 
 
-def _to_fetch(workspace: Workspace, dataset: Dataset, store: BlobStore, page: int = 5_000) -> Iterator:
-    """((row, column), ref) of each live image cell not fetched yet, failed, or whose blob is gone; read a page at a
-    time (each its own short read), so the fetch can write results meanwhile and memory stays bounded."""
-    last = (0, "")
+def _to_fetch(workspace: Workspace, dataset: Dataset, store: BlobStore, rows: list[int] | None = None,
+              page: int = 5_000) -> Iterator:
+    """((row, column), ref) of each live image cell (of `rows`, else of all) not fetched yet, failed, or whose blob
+    is gone; read a page at a time (each its own short read), so the fetch can write results meanwhile and memory
+    stays bounded."""
+    last, only = (0, ""), "" if rows is None else "AND m.row IN (SELECT value FROM json_each(?)) "
     while True:
         with workspace.catalog() as db:
-            rows = db.execute(
+            rows_read = db.execute(
                 "SELECT m.row, m.column, m.ref, m.status, m.sha256 FROM media m JOIN dataset_rows r "
-                "USING (dataset_id, row) WHERE m.dataset_id = ? AND r.deleted = 0 AND (m.row, m.column) > (?, ?) "
-                "ORDER BY m.row, m.column LIMIT ?", (dataset.id, *last, page)).fetchall()
-        if not rows:
+                f"USING (dataset_id, row) WHERE m.dataset_id = ? AND r.deleted = 0 {only}AND (m.row, m.column) > (?, ?) "
+                "ORDER BY m.row, m.column LIMIT ?",
+                (dataset.id, *([] if rows is None else [json.dumps(rows)]), *last, page)).fetchall()
+        if not rows_read:
             return
-        last = (rows[-1]["row"], rows[-1]["column"])
-        yield from (((r["row"], r["column"]), r["ref"]) for r in rows
+        last = (rows_read[-1]["row"], rows_read[-1]["column"])
+        yield from (((r["row"], r["column"]), r["ref"]) for r in rows_read
                     if r["status"] != "ok" or not store.path(r["sha256"]).is_file())
 
 
-def fetch_media(workspace: Workspace, name: str, fetcher: MediaFetcher | None = None) -> dict[str, int]:
-    """Fetch every image cell that is not fetched yet or failed; results are committed as they arrive, so an
-    interrupted fetch resumes where it stopped. Returns the count per status over the whole dataset."""
+def fetch_media(workspace: Workspace, name: str, fetcher: MediaFetcher | None = None,
+                rows: list[int] | None = None) -> dict[str, int]:
+    """Fetch every image cell (of `rows`, else of all) that is not fetched yet or failed; results are committed as
+    they arrive, so an interrupted fetch resumes where it stopped. Returns the count per status over the whole
+    dataset."""
     dataset = get_dataset(workspace, name)
     fetcher = fetcher or MediaFetcher(BlobStore(workspace.blobs_dir))
     if fetcher.base_dir is None:
@@ -206,8 +223,9 @@ def fetch_media(workspace: Workspace, name: str, fetcher: MediaFetcher | None = 
                 db.commit()
                 pending.clear()
 
-            todo = sum(n for status, n in counts.items() if status != "ok")  # plus any ok whose blob is gone
-            fetcher.fetch_many(_to_fetch(workspace, dataset, fetcher.store), save, total=todo or None,
+            todo = (sum(n for status, n in counts.items() if status != "ok")  # plus any ok whose blob is gone
+                    if rows is None else None)
+            fetcher.fetch_many(_to_fetch(workspace, dataset, fetcher.store, rows), save, total=todo or None,
                                description=f"fetching images for '{name}'")
             flush()
     return media_counts(workspace, name)
@@ -297,13 +315,95 @@ def _frame(dataset: Dataset, rows: list) -> pd.DataFrame:
     return pd.DataFrame(records, columns=["row", "line", "source", *columns, *media])
 
 
-def rows_page(workspace: Workspace, name: str, limit: int, offset: int = 0) -> pd.DataFrame:
-    """A page of the live rows in row order (see `_frame` for the columns)."""
+@dataclass(frozen=True)
+class RowFilter:
+    """Which live rows a page shows; every filter set must hold."""
+    classes: dict[str, str] = field(default_factory=dict)  # label column -> class ("" = unlabelled)
+    status: str | None = None  # an image cell with this fetch status (ok, pending, http_error, ...)
+    text: str | None = None  # this text in any cell, as a substring, ignoring ASCII case
+
+    def conditions(self, dataset: Dataset) -> tuple[list[str], list]:
+        """SQL conditions on `dataset_rows r`, with their parameters."""
+        conditions, params = [], []
+        for column, value in self.classes.items():
+            if dataset.column(column).type != "label":
+                raise DatasetError(f"column '{column}' of dataset '{dataset.name}' is not a label column; label "
+                                   f"columns: {', '.join(dataset.of_type('label'))}")
+            conditions.append(f"{_cell(column)} IS ?")
+            params += [_cell_path(column), value or None]
+        if self.status:
+            conditions.append("r.row IN (SELECT row FROM media WHERE dataset_id = ? AND status = ?)")
+            params += [dataset.id, self.status]
+        if self.text:  # the stored JSON first (cheap, but it holds the column names too), then the cells themselves
+            conditions.append("r.data LIKE ? ESCAPE '\\' AND EXISTS (SELECT 1 FROM json_each(r.data) "
+                              "WHERE value LIKE ? ESCAPE '\\')")
+            params += [_like(json.dumps(self.text, ensure_ascii=False)[1:-1]), _like(self.text)]
+        return conditions, params
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern for `text` anywhere (its % and _ taken literally)."""
+    return "%" + re.sub(r"([%_\\])", r"\\\1", text) + "%"
+
+
+def _cell(column: str) -> str:
+    """SQL for one cell of `r.data`, its path (or key) the next parameter."""
+    return ("(SELECT value FROM json_each(r.data) WHERE key = ?)" if '"' in column  # no JSON path can quote it
+            else "json_extract(r.data, ?)")
+
+
+def _cell_path(column: str) -> str:
+    return column if '"' in column else f'$."{column}"'
+
+
+def _tallied(db, dataset: Dataset, where: RowFilter) -> int | None:
+    """How many live rows pass `where`, read from the tallies when they can tell (no filter, or one class, or one
+    status of the only image column); None otherwise."""
+    def tally(what: str, column: str = "", value: str | None = None) -> int:
+        return db.execute("SELECT COALESCE(SUM(n), 0) FROM tallies WHERE dataset_id = ? AND what = ? AND column = ? "
+                          "AND (? IS NULL OR value = ?)", (dataset.id, what, column, value, value)).fetchone()[0]
+
+    images = dataset.of_type("image")
+    if where.text or len(where.classes) + bool(where.status) > 1:
+        return None
+    for column, value in where.classes.items():
+        return tally("label", column, value) if value else tally("rows") - tally("label", column)
+    if where.status:
+        return tally("media", images[0], where.status) if len(images) == 1 else None
+    return tally("rows")
+
+
+def rows_page(workspace: Workspace, name: str, limit: int, offset: int = 0,
+              where: RowFilter = RowFilter()) -> tuple[int, pd.DataFrame]:
+    """How many live rows pass `where`, and a page of them in row order (see `_frame` for the columns, plus each
+    row's `version`), both read in one transaction. Fast at millions of rows: the count comes from the tallies when
+    they can tell, and an unfiltered page is found through the index of live rows (an OFFSET over the joins would
+    build every row it skips)."""
     dataset = get_dataset(workspace, name)
     select, params = _rows_select(dataset)
+    conditions, args = where.conditions(dataset)
     with workspace.catalog() as db:
-        return _frame(dataset, db.execute(f"{select} ORDER BY r.row LIMIT ? OFFSET ?",
-                                          (*params, limit, offset)).fetchall())
+        db.execute("BEGIN")
+        if conditions:
+            rows = db.execute(f"{select} AND {' AND '.join(conditions)} ORDER BY r.row LIMIT ? OFFSET ?",
+                              (*params, *args, limit, offset)).fetchall()
+        else:
+            rows = db.execute(f"{select} AND r.row >= (SELECT row FROM dataset_rows WHERE dataset_id = ? AND "
+                              "deleted = 0 ORDER BY row LIMIT 1 OFFSET ?) ORDER BY r.row LIMIT ?",
+                              (*params, dataset.id, offset, limit)).fetchall()
+        total = _tallied(db, dataset, where)
+        if total is None:
+            total = db.execute("SELECT COUNT(*) FROM dataset_rows r WHERE r.dataset_id = ? AND r.deleted = 0 AND "
+                               + " AND ".join(conditions), (dataset.id, *args)).fetchone()[0]
+    frame = _frame(dataset, rows)
+    frame["version"] = [row_version(r[3]) for r in rows]
+    return total, frame
+
+
+def row_version(data: str) -> str:
+    """A row's version as stored (its cells' JSON): an edit made from a page says which version it was shown, and
+    is refused if the row has changed since."""
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def row_chunks(workspace: Workspace, name: str, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
@@ -328,45 +428,118 @@ def rows_frame(workspace: Workspace, name: str) -> pd.DataFrame:
     return pd.concat(chunks, ignore_index=True) if chunks else _frame(get_dataset(workspace, name), [])
 
 
-def _live_row(db, dataset: Dataset, row: int):
-    found = db.execute("SELECT data, deleted FROM dataset_rows WHERE dataset_id = ? AND row = ?",
-                       (dataset.id, row)).fetchone()
-    if found is None or found["deleted"]:
-        raise DatasetError(f"dataset '{dataset.name}' has no row {row}" + (" (it was deleted)" if found else ""))
-    return json.loads(found["data"])
+def _live_rows(db, dataset: Dataset, rows: list[int], seen: dict[int, str] | None) -> dict[int, str]:
+    """Each row's stored cells (JSON); every row must be live, and, where `seen` gives the version a page showed,
+    unchanged since (else StaleEdit, with the current cells). Call inside a write transaction."""
+    found = {r["row"]: r for r in db.execute(
+        "SELECT row, data, deleted FROM dataset_rows WHERE dataset_id = ? AND row IN (SELECT value FROM json_each(?))",
+        (dataset.id, json.dumps(rows)))}
+    stale = {}
+    for row in rows:
+        if row not in found or (found[row]["deleted"] and seen is None):
+            raise DatasetError(f"dataset '{dataset.name}' has no row {row}" + (" (it was deleted)" if found.get(row)
+                                                                              else ""))
+        if seen is not None and (found[row]["deleted"] or row_version(found[row]["data"]) != seen.get(row)):
+            stale[row] = None if found[row]["deleted"] else json.loads(found[row]["data"])
+    if stale:
+        raise StaleEdit(dataset.name, stale)
+    return {row: found[row]["data"] for row in rows}
 
 
-def set_value(workspace: Workspace, name: str, row: int, column: str, value: str) -> tuple[str | None, str | None]:
-    """Change one cell (a label, a text); returns (old, new). Image cells are changed by adding rows instead."""
+def set_cells(workspace: Workspace, name: str, rows: list[int], column: str, value: str,
+              seen: dict[int, str] | None = None) -> tuple[int, dict[int, str | None], str | None]:
+    """Give one cell (a label, a text) of each of `rows` the same value, in one transaction kept in history as one
+    change. `seen`: row -> the version a page showed (see `row_version`); any row changed since refuses the whole
+    edit. Returns (the change's history id, each row's old value, the new value). Image cells are not edited: add
+    rows instead."""
     dataset = get_dataset(workspace, name)
     kind = dataset.column(column).type
     if kind in ("image", "ignore"):
         raise DatasetError(f"column '{column}' is an {kind} column; only label, text and json cells can be edited")
+    if not rows:
+        raise DatasetError("no rows selected: pick the rows to change")
     new = (value.strip() or None) if kind == "label" else value
     with workspace.catalog() as db:
-        data = _live_row(db, dataset, row)
-        old, data[column] = data[column], new
-        db.execute("UPDATE dataset_rows SET data = ? WHERE dataset_id = ? AND row = ?",
-                   (json.dumps(data, ensure_ascii=False), dataset.id, row))
-        _record(db, dataset.id, "set", row=row, column=column, old=old, new=new)
-    return old, new
+        db.execute("BEGIN IMMEDIATE")  # no other writer between the check and the change
+        old = {}
+        for row, data in _live_rows(db, dataset, rows, seen).items():
+            cells = json.loads(data)
+            old[row], cells[column] = cells[column], new
+            db.execute("UPDATE dataset_rows SET data = ? WHERE dataset_id = ? AND row = ?",
+                       (json.dumps(cells, ensure_ascii=False), dataset.id, row))
+        change = (_record(db, dataset.id, "set", row=rows[0], column=column, old=old[rows[0]], new=new)
+                  if len(rows) == 1 else
+                  _record(db, dataset.id, "relabel", column=column, new=new, old={str(r): v for r, v in old.items()}))
+    return change, old, new
 
 
-def delete_rows(workspace: Workspace, name: str, rows: list[int]) -> None:
+def set_value(workspace: Workspace, name: str, row: int, column: str, value: str) -> tuple[str | None, str | None]:
+    """Change one cell (a label, a text); returns (old, new)."""
+    _, old, new = set_cells(workspace, name, [row], column, value)
+    return old[row], new
+
+
+def delete_rows(workspace: Workspace, name: str, rows: list[int], seen: dict[int, str] | None = None) -> int:
+    """Delete rows: all or none (each must be live and, with `seen`, unchanged). Returns the change's history id."""
     dataset = get_dataset(workspace, name)
     with workspace.catalog() as db:
-        for row in rows:
-            _live_row(db, dataset, row)  # every row must exist, or nothing is deleted
+        db.execute("BEGIN IMMEDIATE")
+        _live_rows(db, dataset, rows, seen)
         db.executemany("UPDATE dataset_rows SET deleted = 1 WHERE dataset_id = ? AND row = ?",
                        [(dataset.id, r) for r in rows])
-        _record(db, dataset.id, "delete_rows", rows=sorted(rows))
+        return _record(db, dataset.id, "delete_rows", rows=sorted(rows))
 
 
-def history(workspace: Workspace, name: str) -> list[dict]:
+UNDOABLE = {"set", "relabel", "delete_rows"}
+
+
+def undo(workspace: Workspace, name: str, change: int) -> int:
+    """Undo one change from the history (an edit, a relabel, a deletion), kept in history itself: refused if it was
+    undone already, or if any of its rows changed since (StaleEdit, with their current cells). Returns the undo's
+    history id."""
     dataset = get_dataset(workspace, name)
     with workspace.catalog() as db:
-        return [{"at": r["at"], "action": r["action"], **json.loads(r["detail"])} for r in db.execute(
-            "SELECT at, action, detail FROM history WHERE dataset_id = ? ORDER BY id", (dataset.id,))]
+        db.execute("BEGIN IMMEDIATE")
+        found = db.execute("SELECT action, detail FROM history WHERE id = ? AND dataset_id = ?",
+                           (change, dataset.id)).fetchone()
+        if found is None or found["action"] not in UNDOABLE:
+            raise DatasetError(f"dataset '{name}' has no change {change} that can be undone (edits, relabels and "
+                               "deletions can)")
+        if db.execute("SELECT 1 FROM history WHERE dataset_id = ? AND action = 'undo' AND detail ->> 'of' = ?",
+                      (dataset.id, change)).fetchone():
+            raise DatasetError(f"change {change} of dataset '{name}' was undone already")
+        detail = json.loads(found["detail"])
+        if found["action"] == "delete_rows":
+            rows = detail["rows"]
+            gone = {r["row"] for r in db.execute("SELECT row FROM dataset_rows WHERE dataset_id = ? AND deleted = 1 "
+                                                 "AND row IN (SELECT value FROM json_each(?))",
+                                                 (dataset.id, json.dumps(rows)))}
+            if len(gone) < len(rows):
+                raise DatasetError(f"rows {sorted(set(rows) - gone)} of dataset '{name}' are not deleted any more")
+            db.executemany("UPDATE dataset_rows SET deleted = 0 WHERE dataset_id = ? AND row = ?",
+                           [(dataset.id, r) for r in rows])
+        else:
+            column, new = detail["column"], detail["new"]
+            old = {int(r): v for r, v in detail["old"].items()} if found["action"] == "relabel" else {
+                detail["row"]: detail["old"]}
+            current = {row: json.loads(data) for row, data in _live_rows(db, dataset, list(old), None).items()}
+            stale = {row: cells for row, cells in current.items() if cells.get(column) != new}
+            if stale:
+                raise StaleEdit(name, stale)
+            for row, cells in current.items():
+                cells[column] = old[row]
+                db.execute("UPDATE dataset_rows SET data = ? WHERE dataset_id = ? AND row = ?",
+                           (json.dumps(cells, ensure_ascii=False), dataset.id, row))
+        return _record(db, dataset.id, "undo", of=change, undid=found["action"])
+
+
+def history(workspace: Workspace, name: str, last: int | None = None) -> list[dict]:
+    """The dataset's changes, oldest first (the `last` ones only, if given), each with its `id`."""
+    dataset = get_dataset(workspace, name)
+    with workspace.catalog() as db:
+        events = db.execute("SELECT id, at, action, detail FROM history WHERE dataset_id = ? ORDER BY id DESC LIMIT ?",
+                            (dataset.id, -1 if last is None else last)).fetchall()
+    return [{"id": r["id"], "at": r["at"], "action": r["action"], **json.loads(r["detail"])} for r in reversed(events)]
 
 
 def list_datasets(workspace: Workspace) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import unquote, urlparse
 
-from PIL import Image
+from PIL import Image, ImageOps
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from headsmith.data.urls import pinned_opener, public_address
@@ -267,11 +267,19 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return image
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; as stored when it has none, or EXIF Pillow cannot parse."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF in an uploaded image is the sender's, never a server error
+        return image
+
+
 def shown_size(image: Image.Image) -> tuple[int, int]:
     """Width and height as the image is shown: EXIF orientations 5 to 8 turn it a quarter."""
     try:
         turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
-    except Exception:  # noqa: BLE001 - EXIF Pillow cannot parse: shown as stored (see backbones.upright)
+    except Exception:  # noqa: BLE001 - EXIF Pillow cannot parse: shown as stored (see upright)
         turned = False
     return (image.height, image.width) if turned else (image.width, image.height)
 

@@ -96,7 +96,7 @@ def _thumbnail(path: Path) -> str:
     """A small JPEG of an image, inlined as a data URI."""
     from PIL import Image
 
-    from headsmith.models.backbones import upright
+    from headsmith.data.media import upright
 
     image = upright(Image.open(path)).convert("RGB")  # as people see it
     image.thumbnail((96, 96))

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import torch
-from PIL import ImageOps
 from torch import nn
 
+from headsmith.data.media import upright
 from headsmith.errors import HeadsmithError
 
 BACKBONE_MODES = ("frozen", "partial", "lora", "full")
@@ -461,14 +461,6 @@ def _image_network(pretrained: str, weights: str | None, load_weights: bool) -> 
 # scores the same pixels for as long as it lives. 1: the pixels as stored; 2: turned upright by their EXIF
 # orientation first (a phone photo taken sideways is seen as people see it).
 IMAGE_PREPROCESSING = 2
-
-
-def upright(image):
-    """The image turned as its EXIF orientation says; as stored when it has none, or EXIF Pillow cannot parse."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - malformed EXIF in an uploaded image is the sender's, never a server error
-        return image
 
 
 class ImageBackbone(Blocks, nn.Module):

@@ -8,34 +8,27 @@ request that changes anything carries the CSRF token its page was given."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.templating import Jinja2Templates
 
+from headsmith.ui import datasets
+from headsmith.ui.pages import Pages, csrf_token, local_path, templates
 from headsmith.workspace import Workspace
 
 COOKIE = "headsmith_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 MAX_BODY = 1 << 20  # a request's body (uploads will have their own cap)
-templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def csrf_token(token: str) -> str:
-    """The CSRF token of every page: derived from the session token, so a page of another site cannot know it."""
-    return hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
 
 
 def same(given: str, secret: str) -> bool:
@@ -123,25 +116,17 @@ def _replay(body: bytes):
 
 def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset()) -> Guard:
     """The app over `workspace`; `hosts`: names it may be reached by besides the loopback ones."""
-    def page(request: Request, name: str, context: dict) -> Response:
-        return templates.TemplateResponse(request, name, {"csrf": csrf_token(token), **context})
+    pages = Pages(workspace, token)
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/datasets", status_code=303)
 
     async def login(request: Request) -> Response:
         form = await request.form()
-        target = str(form.get("next") or "/")
-        target = target if target.startswith("/") and not target.startswith("//") else "/"  # no open redirect
+        target = local_path(str(form.get("next") or "/"))
         if not same(str(form.get("token", "")), token):
             return login_page(request, status=401, error="wrong token", target=target)
         return signed_in(RedirectResponse(target, status_code=303), token)
 
-    async def datasets(request: Request) -> Response:
-        from headsmith.data.dataset import list_datasets
-
-        return page(request, "datasets.html", {"datasets": list_datasets(workspace)})
-
-    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]),
-                            Route("/datasets", datasets)])
+    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]), *datasets.routes(pages)])
     return Guard(app, token, LOOPBACK | {h.lower() for h in hosts})
