@@ -3,39 +3,57 @@ rebinding, CSRF on every request that changes anything; the dataset pages throug
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
 
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from conftest import HEADSMITH, console_errors, import_csv, run_cli, save_screenshot
-from headsmith.data.dataset import history, rows_frame
+from headsmith.data.dataset import failed_images, get_dataset, history, rows_frame
+from image_server import SAMPLES
 
 
 @pytest.fixture
-def ui(workspace, tmp_path, reviews):
+def start_ui():
+    """`headsmith ui ARGS` as a user starts it: (the URL it prints, the server's base URL)."""
+    servers = []
+
+    def start(*args: str) -> tuple[str, str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([HEADSMITH, "ui", "--port", str(port), *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+        servers.append(server)
+        url = re.search(r"open (http://\S+)", server.stdout.readline()).group(1)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return url, f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def ui(workspace, tmp_path, reviews, start_ui):
     reviews.head(30).to_csv(tmp_path / "posts.csv", index=False)
     import_csv(workspace, tmp_path / "posts.csv", "posts", text="text", sentiment="label", movie="ignore")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([HEADSMITH, "ui", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env={**os.environ, "COLUMNS": "200"})
-    url = re.search(r"open (http://\S+)", server.stdout.readline()).group(1)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url, f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(10)
+    return start_ui()
 
 
 def test_the_token_is_needed_and_kept_in_a_cookie(ui):
@@ -151,10 +169,18 @@ def test_thumbnails_name_a_blob_and_nothing_else(ui):
         assert missing.status_code == 404 and "is missing" in missing.text
 
 
-def test_the_dataset_page_in_chromium(ui, browser, image_server, workspace, tmp_path):
+def click_and_load(browser, element) -> None:
+    """Click what submits a form, and wait for the page that comes back."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
+def test_the_dataset_page_in_chromium(start_ui, browser, image_server, workspace, tmp_path):
     """Thumbnails of the fetched images, a failed image with its reason, an inline label fix, a selection relabelled
     and undone, a deletion, and a retry of a failed image, as a person does them."""
-    url, base = ui
+    url, base = start_ui("--allow-private-urls")  # the test server is on 127.0.0.1
     rows = [(f"{image_server.url}/photo/{p}", "yes" if p == "chelsea.png" else "no")
             for p in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg")]
     rows += [(f"{image_server.url}/missing.jpg", "no"), (f"{image_server.url}/page.jpg", "no")]
@@ -175,33 +201,132 @@ def test_the_dataset_page_in_chromium(ui, browser, image_server, workspace, tmp_
     cell = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="cat of row 2"]')  # coffee: no cat at all...
     cell.clear()
     cell.send_keys("yes")
-    cell.find_element(By.XPATH, "following-sibling::button").click()
+    click_and_load(browser, cell.find_element(By.XPATH, "following-sibling::button"))
     assert "Change" in browser.find_element(By.ID, "change").text
     assert rows_frame(workspace, "pets").set_index("row").cat[2] == "yes"
     cell = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="cat of row 2"]')  # ...so back to no
     cell.clear()
     cell.send_keys("no")
-    cell.find_element(By.XPATH, "following-sibling::button").click()
+    click_and_load(browser, cell.find_element(By.XPATH, "following-sibling::button"))
     assert rows_frame(workspace, "pets").set_index("row").cat[2] == "no"
 
     before = rows_frame(workspace, "pets").cat.tolist()
     for row in (3, 4):
         browser.find_element(By.CSS_SELECTOR, f'#row-{row} input[name="row"]').click()
     browser.find_element(By.CSS_SELECTOR, '#selection input[name="value"]').send_keys("maybe")
-    browser.find_element(By.ID, "set-selected").click()
+    click_and_load(browser, browser.find_element(By.ID, "set-selected"))
     assert rows_frame(workspace, "pets").set_index("row").cat[[3, 4]].tolist() == ["maybe", "maybe"]
     assert "2 rows: cat \u2192 'maybe'" in browser.find_element(By.ID, "change").text
-    browser.find_element(By.ID, "undo").click()
+    click_and_load(browser, browser.find_element(By.ID, "undo"))
     assert rows_frame(workspace, "pets").cat.tolist() == before
 
     hits = image_server.hits["/missing.jpg"]
     browser.find_element(By.CSS_SELECTOR, '#row-5 input[name="row"]').click()
-    browser.find_element(By.ID, "fetch-selected").click()
+    click_and_load(browser, browser.find_element(By.ID, "fetch-selected"))
     assert image_server.hits["/missing.jpg"] > hits and "http_error" in browser.find_element(By.ID, "row-5").text
 
     browser.find_element(By.CSS_SELECTOR, '#row-6 input[name="row"]').click()
-    browser.find_element(By.ID, "delete-selected").click()
+    click_and_load(browser, browser.find_element(By.ID, "delete-selected"))
     assert not browser.find_elements(By.ID, "row-6") and rows_frame(workspace, "pets").row.tolist() == [1, 2, 3, 4, 5]
     assert [h["action"] for h in history(workspace, "pets")] == ["import", "set", "set", "relabel", "undo",
                                                                  "delete_rows"]
     assert console_errors(browser) == []
+
+
+def test_importing_a_csv_in_chromium(start_ui, browser, image_server, workspace, tmp_path):
+    """Upload, the inferred types with their reasons, one changed, import; the images arrive on the dataset page."""
+    rows = [(f"{image_server.url}/photo/{p}", "yes" if p == "chelsea.png" else "no", f"note {i}")
+            for i, p in enumerate(("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg"))]
+    rows.append((f"{image_server.url}/missing.jpg", "no", "note 4"))
+    csv = tmp_path / "pets.csv"
+    pd.DataFrame(rows, columns=["url", "cat", "note"]).to_csv(csv, index=False)
+    url, base = start_ui("--allow-private-urls")
+    browser.get(url)
+    click_and_load(browser, browser.find_element(By.ID, "import-link"))
+    browser.find_element(By.ID, "file").send_keys(str(csv))
+    browser.find_element(By.ID, "upload-button").click()
+    WebDriverWait(browser, 30).until(lambda b: "/datasets/import/" in b.current_url)
+    def chosen(column: str) -> Select:
+        return Select(browser.find_element(By.CSS_SELECTOR, f'select[aria-label="type of {column}"]'))
+
+    assert [chosen(c).first_selected_option.text for c in ("url", "cat", "note")] == ["image", "label", "text"]
+    assert "http(s) URLs" in browser.find_element(By.ID, "columns").text  # each type with its reason
+    chosen("note").select_by_visible_text("ignore")
+    name = browser.find_element(By.NAME, "name")
+    assert name.get_attribute("value") == "pets"
+    save_screenshot(browser, "ui-import.png")
+    click_and_load(browser, browser.find_element(By.ID, "import"))
+    assert browser.current_url == f"{base}/datasets/pets"
+    WebDriverWait(browser, 60).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "img.thumb")) == 4)
+    WebDriverWait(browser, 30).until(lambda b: all(b.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", i) > 0
+        for i in b.find_elements(By.CSS_SELECTOR, "img.thumb")))
+    assert "http 404" in browser.find_element(By.ID, "row-5").text
+    dataset = get_dataset(workspace, "pets")
+    assert [(c.name, c.type) for c in dataset.columns] == [("url", "image"), ("cat", "label"), ("note", "ignore")]
+    assert dataset.column("note").reason == "set on the import page"
+    kept = Path(dataset.source)
+    assert kept.parent.parent == workspace.root / "uploads" and kept.read_bytes() == csv.read_bytes()
+    assert console_errors(browser) == []
+
+
+def wait_for_work(client: httpx.Client, name: str) -> dict:
+    for _ in range(300):
+        progress = client.get(f"/datasets/{name}/progress").json()
+        if progress["stage"] not in ("importing", "fetching"):
+            return progress
+        time.sleep(0.1)
+    raise AssertionError(f"the work on {name} did not end: {progress}")
+
+
+def upload(client: httpx.Client, csrf: str | None, name: str, content: bytes) -> httpx.Response:
+    return client.post("/datasets/import", files={"file": (name, content, "text/csv")},
+                       headers={"X-CSRF-Token": csrf} if csrf else {})
+
+
+def test_uploads_and_the_files_and_urls_they_may_reach(start_ui, image_server, workspace, tmp_path):
+    url, base = start_ui("--max-upload-mb", "1")
+    with signed_in_client(url, base) as client:
+        csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/datasets/import").text).group(1)
+        assert upload(client, None, "a.csv", b"text,label\nhi,a\n").status_code == 403
+        too_big = upload(client, csrf, "big.csv", b"text,label\n" + b"x" * (2 << 20) + b",a\n")
+        assert too_big.status_code == 413 and "over 1 MB" in too_big.text
+        bad = upload(client, csrf, "ragged.csv", b"text,label\nhi,a\nthere,b,extra\n")
+        assert bad.status_code == 400 and bad.text.startswith("400: ragged.csv:3: this row has 3 fields but the header")
+        assert not [p for p in (workspace.root / "uploads").iterdir()]  # nothing half-kept
+
+        folder = tmp_path / "elsewhere"
+        folder.mkdir()
+        shutil.copy(SAMPLES / "coffee.png", folder / "coffee.png")
+        refs = [f"{image_server.url}/photo/chelsea.png", "coffee.png", str(folder / "coffee.png"),
+                "file:///etc/hostname"]
+        csv = pd.DataFrame({"image": refs, "cat": ["yes", "no", "no", "no"]}).to_csv(index=False).encode()
+        kept = upload(client, csrf, "refs.csv", csv)
+        assert kept.status_code == 303
+        review = client.get(kept.headers["location"])
+        form = {"csrf": csrf, "type.image": "image", "type.cat": "label"}
+        for name, wrong, words in (("x/../y", {}, "is not allowed"), ("refs", {"type.cat": "number"},
+                                                                       "the type must be one of")):
+            refused = client.post(kept.headers["location"], data={**form, "name": name, **wrong})
+            assert refused.status_code == 400 and words in refused.text.replace("&#39;", "'")
+        assert review.status_code == 200
+        assert client.post(kept.headers["location"], data={**form, "name": "refs"}).status_code == 303
+        assert wait_for_work(client, "refs")["stage"] == "done"
+    statuses = {r["ref"]: (r["status"], r["detail"]) for r in failed_images(workspace, "refs")[1]}
+    assert statuses[refs[0]][0] == "refused" and "private, loopback or reserved" in statuses[refs[0]][1]
+    assert all(statuses[ref] == ("refused", f"{ref!r} is not an http(s) URL, and local files are not read here")
+               for ref in refs[3:]) and len(statuses) == 4
+
+    (folder / "inside").mkdir()
+    shutil.copy(SAMPLES / "coffee.png", folder / "inside" / "coffee.png")
+    url, base = start_ui("--data", str(folder / "inside"))
+    with signed_in_client(url, base) as client:
+        csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/datasets/import").text).group(1)
+        csv = pd.DataFrame({"image": ["coffee.png", "../coffee.png", str(folder / "coffee.png")],
+                            "cat": ["no", "no", "yes"]}).to_csv(index=False).encode()
+        kept = upload(client, csrf, "local.csv", csv)
+        client.post(kept.headers["location"], data={"csrf": csrf, "name": "local", "type.image": "image"})
+        assert wait_for_work(client, "local")["stage"] == "done"
+    statuses = {r["row"]: (r["status"], r["detail"]) for r in failed_images(workspace, "local")[1]}
+    assert list(statuses) == [2, 3] and all(s == "refused" and "is outside the data folder" in d
+                                            for s, d in statuses.values())

@@ -309,7 +309,7 @@ def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to show
         print(json.dumps({"name": name, "rows": counts["rows"], "columns": [c.as_dict() for c in dataset.columns],
                           "classes": counts["classes"], "media": counts["media"], "failed_total": failed_total,
                           "failed": failures, "offset": offset,
-                          "preview": None if failed else json.loads(page.drop(columns=["source"]).to_json(
+                          "preview": None if failed else json.loads(page.drop(columns=["source", "version"]).to_json(
                               orient="records"))}, indent=2, ensure_ascii=False))
         return
     console.print(f"dataset [bold]{name}[/]: {counts['rows']} rows, from {dataset.source}", highlight=False)
@@ -326,7 +326,7 @@ def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to show
         for f in failures:
             view.add_row(str(f["row"]), str(f["line"]), f["column"], f["ref"], f["status"], f["detail"])
     else:
-        shown = [c for c in page.columns if c not in ("source", "line") and not c.endswith((":sha256", ":detail"))]
+        shown = [c for c in page.columns if c not in ("source", "line", "version") and not c.endswith((":sha256", ":detail"))]
         view = Table(*shown, title=title)
         for _, r in page.iterrows():
             view.add_row(*(("" if v is None else str(v))[:60] for v in r[shown]))
@@ -635,20 +635,32 @@ def playground(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a pack
 @user_errors
 def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 8800,
        host: Annotated[str, typer.Option(help="address to bind; anything but 127.0.0.1 lets other machines reach "
-                                              "the app (they still need the token)")] = "127.0.0.1"):
+                                              "the app (they still need the token)")] = "127.0.0.1",
+       data: Annotated[Optional[Path], typer.Option(help="folder local images are read from (relative paths in "
+                                                         "uploaded CSVs resolve against it); no other local file "
+                                                         "is read")] = None,
+       allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image URLs name "
+                                                        "127.0.0.1 and private networks")] = False,
+       max_upload_mb: Annotated[int, typer.Option(help="largest CSV upload, in MB")] = 512):
     """The web app over the workspace, on this machine: open the URL it prints (it carries a fresh token)."""
     import uvicorn
 
     from headsmith.ui.app import LOOPBACK, create_app, new_token
+    from headsmith.ui.pages import Settings
     from headsmith.workspace import Workspace
 
+    if data is not None and not data.is_dir():
+        raise HeadsmithError(f"--data {data}: no such folder")
     token = new_token()
     if host not in LOOPBACK:
         console.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach it and holds the token can train "
                       "and deploy on this machine")
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
     console.print(f"headsmith ui: open http://{shown}:{port}/?token={token}", highlight=False)
-    uvicorn.run(create_app(Workspace(), token, hosts={host}), host=host, port=port, log_level="warning")
+    settings = Settings(data=data.resolve() if data else None, allow_private_urls=allow_private_urls,
+                        max_upload_bytes=max_upload_mb << 20)
+    uvicorn.run(create_app(Workspace(), token, hosts={host}, settings=settings), host=host, port=port,
+                log_level="warning")
 
 
 @app.command("compare")

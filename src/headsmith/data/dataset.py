@@ -106,12 +106,12 @@ def _label_mappings(table: CsvTable, columns: list[Column], whole: bool = True) 
 
 
 def _insert_rows(db, dataset: int, table: CsvTable, columns: list[Column], mappings: dict, first: int,
-                 description: str) -> int:
+                 description: str, images_folder: Path | None = None) -> int:
     """Store the table's rows a chunk at a time (cells as stored: labels mapped, ignored columns left out), each
     image cell pending a fetch, and add them to the tallies. Returns how many rows were stored."""
     kept = [(table.columns.index(c.name), c.name, mappings.get(c.name)) for c in columns if c.type != "ignore"]
     images = [c.name for c in columns if c.type == "image"]
-    source, folder, now, stored = str(table.path), table.path.parent, _now(), 0
+    source, folder, now, stored = str(table.path), images_folder or table.path.parent, _now(), 0
     tallies = Counter()
     db.execute("INSERT INTO bulk_loads VALUES (?)", (dataset,))  # these rows are counted here (see the schema)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -140,10 +140,12 @@ def _insert_rows(db, dataset: int, table: CsvTable, columns: list[Column], mappi
     return stored
 
 
-def import_dataset(workspace: Workspace, name: str, table: CsvTable, columns: list[Column]) -> list[str]:
+def import_dataset(workspace: Workspace, name: str, table: CsvTable, columns: list[Column],
+                   images_folder: Path | None = None) -> list[str]:
     """Create the dataset with all its rows in one transaction (a crash leaves no dataset; memory stays bounded:
-    the rows go in a chunk at a time). Returns report notes. Images are fetched afterwards, by `fetch_media`,
-    which can be interrupted and run again."""
+    the rows go in a chunk at a time). Relative image paths are read from `images_folder` (default: the CSV's).
+    Returns report notes. Images are fetched afterwards, by `fetch_media`, which can be interrupted and run
+    again."""
     check_name(name)
     mappings, notes = _label_mappings(table, columns)
     with workspace.catalog() as db:
@@ -154,7 +156,7 @@ def import_dataset(workspace: Workspace, name: str, table: CsvTable, columns: li
                             "VALUES (?, ?, ?, ?, ?)",
                             (name, json.dumps([c.as_dict() for c in columns]), str(table.path.resolve()),
                              file_sha256(table.path), _now()))
-        rows = _insert_rows(db, cursor.lastrowid, table, columns, mappings, 1, f"importing '{name}'")
+        rows = _insert_rows(db, cursor.lastrowid, table, columns, mappings, 1, f"importing '{name}'", images_folder)
         _record(db, cursor.lastrowid, "import", file=str(table.path.resolve()), rows=rows,
                 columns={c.name: c.type for c in columns}, notes=notes)
     return notes

@@ -274,8 +274,9 @@ def _is_json(value: str) -> bool:
         return False
 
 
-def infer_columns(table: CsvTable, overrides: dict[str, str] | None = None) -> list[Column]:
-    """Each column's inferred type; `overrides` (column -> type, from --column) win and are marked as such."""
+def infer_columns(table: CsvTable, overrides: dict[str, str] | None = None,
+                  set_by: str = "set with --column") -> list[Column]:
+    """Each column's inferred type; `overrides` (column -> type, from --column) win, their reason `set_by`."""
     overrides = overrides or {}
     unknown = [c for c in overrides if c not in table.columns]
     if unknown:
@@ -285,7 +286,7 @@ def infer_columns(table: CsvTable, overrides: dict[str, str] | None = None) -> l
         if kind not in COLUMN_TYPES:
             raise DatasetError(f"--column {column}={kind}: the type must be one of {', '.join(COLUMN_TYPES)}")
     sampled = f", in a sample of the first {len(table.sample):,} rows" if table.count > len(table.sample) else ""
-    return [Column(c, overrides[c], "set with --column") if c in overrides
+    return [Column(c, overrides[c], set_by) if c in overrides
             else _sampled(infer_column(c, table.values(c)), sampled) for c in table.columns]
 
 

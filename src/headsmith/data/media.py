@@ -107,7 +107,9 @@ class MediaFetcher:
     concurrency: int = 16
     base_dir: Path | None = None  # relative local paths are read from here (the CSV's folder)
     follow_redirects: bool = True  # a server fetching for others refuses them: a redirect could point inside
-    public_only: bool = False  # http(s) to public addresses only, connected to as checked (serving/urls.py)
+    public_only: bool = False  # http(s) to public addresses only, connected to as checked (data/urls.py)
+    local_files: bool | Path = True  # what else is read: True: local paths and fsspec URLs; False: nothing but
+    #                                  http(s); a folder: local files inside it (after links are followed)
 
     def read(self, ref: str) -> bytes:
         """The bytes behind a URL or path, with retries on transient failures; ImageRejected says why not."""
@@ -158,14 +160,21 @@ class MediaFetcher:
         parsed = urlparse(ref)
         if parsed.scheme in ("http", "https"):
             return self._read_http(ref)
-        if self.public_only:
-            raise _Final(FetchResult("refused", f"{ref[:200]!r} is not an http(s) URL"))
-        if parsed.scheme == "file":
-            return self._read_file(Path(unquote(parsed.path)))
-        if parsed.scheme and len(parsed.scheme) > 1:
+        local = parsed.scheme == "file" or len(parsed.scheme) <= 1  # a one-letter scheme is a Windows drive
+        if self.local_files is False or (not local and self.local_files is not True):
+            also = (", and local files are not read here" if self.local_files is False
+                    else f" or a file in {self.local_files}")
+            raise _Final(FetchResult("refused", f"{ref[:200]!r} is not an http(s) URL{also}"))
+        if not local:
             return self._read_fsspec(ref, parsed.scheme)
-        path = Path(ref).expanduser()
-        return self._read_file(path if path.is_absolute() or self.base_dir is None else self.base_dir / path)
+        path = Path(unquote(parsed.path)) if parsed.scheme == "file" else Path(ref).expanduser()
+        if not path.is_absolute():
+            if self.base_dir is None and self.local_files is not True:
+                raise _Final(FetchResult("refused", f"relative path {ref[:200]!r}: no folder to read it from"))
+            path = (self.base_dir or Path.cwd()) / path
+        if self.local_files is not True and not path.resolve().is_relative_to(Path(self.local_files).resolve()):
+            raise _Final(FetchResult("refused", f"{path} is outside the data folder {self.local_files}"))
+        return self._read_file(path)
 
     def _read_http(self, url: str) -> bytes:
         request = urllib.request.Request(url, headers={"User-Agent": "headsmith"})

@@ -88,7 +88,7 @@ class Moderation:
     def __init__(self) -> None:
         self.card = ModelCard(read_meta(self.model.path), args.name, args.version)
         self.fetcher = MediaFetcher(timeout=5.0, retries=0, max_pixels=args.max_pixels, follow_redirects=False,
-                                    public_only=True, max_bytes=args.max_image_bytes)
+                                    public_only=True, local_files=False, max_bytes=args.max_image_bytes)
         # BentoML 1.4's client to a dependency replaces its HTTP session every 100 calls and closes the old one with
         # calls still in flight (bentoml/BentoML#5540, #5544), which under load fails or repeats a share of them.
         # The scorer runs beside this service: one session, kept.

@@ -13,18 +13,20 @@ import secrets
 from urllib.parse import parse_qs, urlencode
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from headsmith.ui import datasets
-from headsmith.ui.pages import Pages, csrf_token, local_path, templates
+from headsmith.ui import datasets, imports
+from headsmith.ui.pages import Pages, Settings, csrf_token, local_path, templates
 from headsmith.workspace import Workspace
 
 COOKIE = "headsmith_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-MAX_BODY = 1 << 20  # a request's body (uploads will have their own cap)
+MAX_BODY = 1 << 20  # a request's body; uploads have their own cap (Settings.max_upload_bytes)
+UPLOADS = {"/datasets/import"}  # streamed to the route when the CSRF token comes in a header
 
 
 def new_token() -> str:
@@ -51,8 +53,8 @@ def login_page(request: Request, status: int, error: str | None = None, target: 
 class Guard:
     """ASGI middleware: Host, token and CSRF checks before any route runs."""
 
-    def __init__(self, app, token: str, hosts: set[str]):
-        self.app, self.token, self.hosts = app, token, hosts
+    def __init__(self, app, token: str, hosts: set[str], max_upload: int):
+        self.app, self.token, self.hosts, self.max_upload = app, token, hosts, max_upload
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -64,11 +66,19 @@ class Guard:
                                            status_code=400)(scope, receive, send)
         body = b""
         if request.method not in SAFE_METHODS:
-            async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return await PlainTextResponse("413: request too large", status_code=413)(scope, receive, send)
-            receive = _replay(body)
+            upload = request.url.path in UPLOADS and "x-csrf-token" in request.headers
+            cap = self.max_upload if upload else MAX_BODY
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                return await _too_large(cap)(scope, receive, send)
+            if upload:  # streamed to the route (never held here), counted as it goes; checked before it is read
+                receive = _capped(receive, cap)
+            else:
+                async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return await _too_large(cap)(scope, receive, send)
+                receive = _replay(body)
         given = request.query_params.get("token")
         if given is not None and request.method in SAFE_METHODS:  # the printed URL: keep the token, drop it from
             if not same(given, self.token):                       # the address bar and the history
@@ -100,6 +110,26 @@ def _host_name(header: str) -> str:
     return name.lower()
 
 
+def _too_large(cap: int) -> Response:
+    return PlainTextResponse(f"413: request too large (over {cap / 2**20:g} MB)", status_code=413)
+
+
+def _capped(receive, cap: int):
+    """`receive` that stops a body at `cap` bytes: a 413 for the route being read (Starlette answers it)."""
+    seen = 0
+
+    async def capped():
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > cap:
+            raise HTTPException(413, f"413: the upload is over {cap / 2**20:g} MB; start `headsmith ui "
+                                     "--max-upload-mb N` for larger files")
+        return message
+
+    return capped
+
+
 def _replay(body: bytes):
     """A `receive` that hands the body read by the guard to the route."""
     sent = False
@@ -114,9 +144,10 @@ def _replay(body: bytes):
     return receive
 
 
-def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset()) -> Guard:
+def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset(), settings: Settings = Settings()
+               ) -> Guard:
     """The app over `workspace`; `hosts`: names it may be reached by besides the loopback ones."""
-    pages = Pages(workspace, token)
+    pages = Pages(workspace, token, settings)
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/datasets", status_code=303)
@@ -128,5 +159,7 @@ def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset()) 
             return login_page(request, status=401, error="wrong token", target=target)
         return signed_in(RedirectResponse(target, status_code=303), token)
 
-    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]), *datasets.routes(pages)])
-    return Guard(app, token, LOOPBACK | {h.lower() for h in hosts})
+    work = imports.Work(pages)
+    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]), *imports.routes(pages, work),
+                            *datasets.routes(pages, work)])
+    return Guard(app, token, LOOPBACK | {h.lower() for h in hosts}, settings.max_upload_bytes)

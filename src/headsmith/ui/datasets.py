@@ -3,6 +3,7 @@ images, label edits (one cell, or a selection at once), deletions, retries and u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +16,9 @@ from headsmith.data.media import DamagedBlob, ImageRejected
 from headsmith.data.thumbnails import Thumbnails
 from headsmith.errors import HeadsmithError, StaleEdit
 from headsmith.ui.pages import Pages, local_path
+
+if TYPE_CHECKING:
+    from headsmith.ui.imports import Work
 
 PAGE_ROWS, MAX_PAGE_ROWS = 50, 500
 HISTORY_SHOWN = 10
@@ -55,7 +59,7 @@ def _number(query, key: str, default: int, most: int | None = None) -> int:
     return min(value, most) if most else value
 
 
-def routes(pages: Pages) -> list[Route]:
+def routes(pages: Pages, work: Work) -> list[Route]:
     workspace = pages.workspace
     thumbnails = Thumbnails(workspace)
 
@@ -88,14 +92,17 @@ def routes(pages: Pages) -> list[Route]:
             "previous": address(offset=max(0, offset - limit)) if offset else None,
             "next": address(offset=offset + limit) if offset + limit < total else None,
             "history": recent[::-1], "change": next((c for c in recent if c["id"] == change), None),
-            "undoable": datasets.UNDOABLE, "describe": describe}, status=status)
+            "undoable": datasets.UNDOABLE, "describe": describe, "work": work.progress(name)}, status=status)
 
     def dataset_page(request: Request) -> Response:
+        name = request.path_params["name"]
         try:
-            datasets.get_dataset(workspace, request.path_params["name"])
+            datasets.get_dataset(workspace, name)
         except HeadsmithError as e:
+            if name in work.state:  # an import under way, or one that failed
+                return pages.render(request, "importing.html", {"name": name, "work": work.progress(name)})
             return pages.render(request, "error.html", {"error": str(e)}, status=404)
-        return view(request, request.path_params["name"], request.query_params)
+        return view(request, name, request.query_params)
 
     async def change(request: Request) -> Response:
         """Every edit of the page: `set` a cell of the rows (one, or a selection), `delete` or `fetch` (the images
@@ -112,8 +119,14 @@ def routes(pages: Pages) -> list[Route]:
                                                      str(form.get("column")), str(form.get("value", "")), seen)
             elif action == "delete":
                 done = await run_in_threadpool(datasets.delete_rows, workspace, name, rows, seen)
-            elif action == "fetch":
-                await run_in_threadpool(datasets.fetch_media, workspace, name, None, rows)
+            elif action == "fetch":  # a selection (a page at most): done before the page comes back
+                if not rows:
+                    raise HeadsmithError("no rows selected: pick the rows whose images to fetch again")
+                await run_in_threadpool(datasets.fetch_media, workspace, name, pages.settings.fetcher(workspace),
+                                        rows)
+                done = None
+            elif action == "fetch_all":  # every image not fetched: in the background, its progress on the page
+                work.fetch(name)
                 done = None
             elif action == "undo":
                 done = await run_in_threadpool(datasets.undo, workspace, name, _number(form, "change", 0))
