@@ -330,3 +330,28 @@ def test_uploads_and_the_files_and_urls_they_may_reach(start_ui, image_server, w
     statuses = {r["row"]: (r["status"], r["detail"]) for r in failed_images(workspace, "local")[1]}
     assert list(statuses) == [2, 3] and all(s == "refused" and "is outside the data folder" in d
                                             for s, d in statuses.values())
+
+
+def test_snapshots_made_listed_shown_and_compared(ui, workspace):
+    with signed_in_client(*ui) as client:
+        csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/snapshots").text).group(1)
+        form = {"csrf": csrf, "dataset": "posts", "input": "text", "label": "sentiment", "head.sentiment": "mood"}
+        refused = client.post("/snapshots/new", data={**form, "name": "s1", "input": "sentiment"})
+        assert refused.status_code == 400
+        assert "--input sentiment: a text-classification snapshot needs a text column" in refused.text
+        assert client.post("/snapshots/new", data={**form, "name": "s1", "max_invalid": "x"}).status_code == 400
+        made = client.post("/snapshots/new", data={**form, "name": "s1"})
+        assert made.status_code == 303 and made.headers["location"] == "/snapshots/s1"
+        assert run_cli("dataset", "set", "posts", "2", "text", "").returncode == 0  # an empty text: left out
+        assert run_cli("dataset", "set", "posts", "4", "sentiment", "neutral").returncode == 0
+        assert client.post("/snapshots/new", data={**form, "name": "s2"}).status_code == 303
+        shown = client.get("/snapshots/s2").text
+        assert re.search(r'<a href="/datasets/posts\?row=2">2</a></td><td>3</td><td>[^<]*empty', shown)
+        assert "<td>mood</td><td>sentiment</td>" in shown
+        listing = client.get("/snapshots").text
+        assert '<a href="/snapshots/s1">s1</a>' in listing and '<a href="/snapshots/s2">s2</a>' in listing
+        diff = client.get("/snapshots/diff?a=s1&b=s2").text
+        assert "rows 30 &rarr; 29: 0 added, 1 removed, 1 relabelled" in diff
+        assert "<td>mood</td><td>neutral</td><td>0</td><td>1</td><td>+1</td>" in diff
+        jump = client.get("/datasets/posts?row=25&limit=10").text  # a link to a row opens the page holding it
+        assert '<tr id="row-25" class="target">' in jump and "rows 21&ndash;30 of 30" in jump

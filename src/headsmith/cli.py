@@ -326,7 +326,8 @@ def dataset_show(name: str, rows: Annotated[int, typer.Option(help="rows to show
         for f in failures:
             view.add_row(str(f["row"]), str(f["line"]), f["column"], f["ref"], f["status"], f["detail"])
     else:
-        shown = [c for c in page.columns if c not in ("source", "line", "version") and not c.endswith((":sha256", ":detail"))]
+        shown = [c for c in page.columns
+                 if c not in ("source", "line", "version") and not c.endswith((":sha256", ":detail"))]
         view = Table(*shown, title=title)
         for _, r in page.iterrows():
             view.add_row(*(("" if v is None else str(v))[:60] for v in r[shown]))

@@ -402,6 +402,14 @@ def rows_page(workspace: Workspace, name: str, limit: int, offset: int = 0,
     return total, frame
 
 
+def row_offset(workspace: Workspace, name: str, row: int) -> int:
+    """Where live row `row` sits among the live rows (its offset in an unfiltered page), through the index."""
+    dataset = get_dataset(workspace, name)
+    with workspace.catalog() as db:
+        return db.execute("SELECT COUNT(*) FROM dataset_rows WHERE dataset_id = ? AND deleted = 0 AND row < ?",
+                          (dataset.id, row)).fetchone()[0]
+
+
 def row_version(data: str) -> str:
     """A row's version as stored (its cells' JSON): an edit made from a page says which version it was shown, and
     is refused if the row has changed since."""

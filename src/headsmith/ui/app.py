@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from headsmith.ui import datasets, imports
+from headsmith.ui import datasets, imports, snapshots
 from headsmith.ui.pages import Pages, Settings, csrf_token, local_path, templates
 from headsmith.workspace import Workspace
 
@@ -161,5 +161,5 @@ def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset(), 
 
     work = imports.Work(pages)
     app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]), *imports.routes(pages, work),
-                            *datasets.routes(pages, work)])
+                            *datasets.routes(pages, work), *snapshots.routes(pages)])
     return Guard(app, token, LOOPBACK | {h.lower() for h in hosts}, settings.max_upload_bytes)

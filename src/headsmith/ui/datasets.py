@@ -70,14 +70,16 @@ def routes(pages: Pages, work: Work) -> list[Route]:
         """Dataset `name` as the page address `query` asks (filters, offset); `error`: an edit refused."""
         dataset = datasets.get_dataset(workspace, name)
         limit = _number(query, "limit", PAGE_ROWS, MAX_PAGE_ROWS) or PAGE_ROWS
-        offset = _number(query, "offset", 0)
-        where = row_filter(query)
+        target = _number(query, "row", 0)  # a link to one row (from a snapshot, a mistake): the page holding it
+        offset = (datasets.row_offset(workspace, name, target) // limit * limit if target
+                  else _number(query, "offset", 0))
+        where = row_filter(query) if not target else datasets.RowFilter()
         try:
             total, page = datasets.rows_page(workspace, name, limit, offset, where)
         except HeadsmithError as e:  # a filter naming a column the dataset lacks
             error, status = str(e), 400
             total, page = datasets.rows_page(workspace, name, limit, 0)
-        kept = [(k, v) for k, v in query.items() if k not in ("offset", "change")]
+        kept = [(k, v) for k, v in query.items() if k not in ("offset", "change", "row")]
 
         def address(**changes) -> str:
             items = [(k, v) for k, v in kept if k not in changes] + [(k, str(v)) for k, v in changes.items()]
@@ -86,7 +88,7 @@ def routes(pages: Pages, work: Work) -> list[Route]:
         change, recent = _number(query, "change", 0), datasets.history(workspace, name, last=HISTORY_SHOWN)
         return pages.render(request, "dataset.html", {
             "dataset": dataset, "summary": datasets.summary(workspace, name), "total": total, "offset": offset,
-            "limit": limit, "rows": page.to_dict("records"), "where": where, "query": dict(query), "error": error,
+            "limit": limit, "rows": page.to_dict("records"), "target": target, "where": where, "query": dict(query), "error": error,
             "shown": [c for c in dataset.columns if c.type != "ignore"],
             "here": address(offset=offset), "address": address,
             "previous": address(offset=max(0, offset - limit)) if offset else None,
