@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from html import unescape as html_unescape
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from conftest import HEADSMITH, console_errors, import_csv, run_cli, save_screenshot
+from conftest import HEADSMITH, console_errors, import_csv, run_cli, save_screenshot, snapshot_csv
 from headsmith.data.dataset import failed_images, get_dataset, history, rows_frame
+from headsmith.training import runs
 from image_server import SAMPLES
 
 
@@ -355,3 +357,75 @@ def test_snapshots_made_listed_shown_and_compared(ui, workspace):
         assert "<td>mood</td><td>neutral</td><td>0</td><td>1</td><td>+1</td>" in diff
         jump = client.get("/datasets/posts?row=25&limit=10").text  # a link to a row opens the page holding it
         assert '<tr id="row-25" class="target">' in jump and "rows 21&ndash;30 of 30" in jump
+
+
+def wait_for_run(client: httpx.Client, run_id: int, until=("finished", "failed", "stopped", "died"),
+                 seconds: float = 600) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        progress = client.get(f"/runs/{run_id}/progress").json()
+        if progress["status"] in until:
+            return progress
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} is still {progress['status']}:\n{progress['log']}")
+
+
+def test_training_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbone):
+    """Overrides a browser may not set are refused by key; a run is queued, started, followed, and its record
+    (pid, status, times, exit code) kept in the catalog; mistakes link to dataset rows; a CLI run is recorded too."""
+    snapshot_csv(workspace, reviews_csv, "reviews", "text", {"sentiment": "sentiment"})
+    url, base = start_ui("--data", str(tiny_backbone))
+    tiny = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+            "backbone.max_tokens=32", "trainer=cpu", "fit=sgd", "trainer.max_epochs=3", "dataset.batch_size=32",
+            "name=from-the-browser"]
+    with signed_in_client(url, base) as client:
+        csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/runs").text).group(1)
+
+        def start(*overrides: str, kind: str = "train") -> httpx.Response:
+            return client.post("/runs", data={"csrf": csrf, "kind": kind, "recipe": "",
+                                              "overrides": "\n".join(overrides)})
+
+        bad = {"head._target_=os.system": "_target_ and other _keys_", "head={_target_: os.system}": "_target_",
+               "hydra.run.dir=/tmp/elsewhere": "hydra says where files are written",
+               "+extra=1": "only KEY=VALUE here", "head=nonsense": "head has no option 'nonsense'",
+               "name=${oc.env:HOME}": "interpolations", "backbone.pretrained=/etc": "/etc: only paths in the",
+               "optimizer.lr=choice(0.1, 0.01)": "a sweep: start a tune study"}
+        refused = start(*tiny, *bad)
+        assert refused.status_code == 400
+        for override, words in bad.items():
+            assert re.search(rf"<li><code>{re.escape(override)}</code>: [^<]*{re.escape(words)}",
+                             html_unescape(refused.text)), override
+        unknown = start(*tiny, "trainer.max_epoch=3")  # composed as the CLI composes: the key does not exist
+        assert unknown.status_code == 400 and "<code>trainer.max_epoch=3</code>" in unknown.text
+
+        started = start(*tiny)
+        assert started.status_code == 303, re.findall(r"<li>.*?</li>", started.text)
+        run_id = int(started.headers["location"].rsplit("/", 1)[1])
+        done = wait_for_run(client, run_id)
+        assert done["status"] == "finished", done["log"]
+        assert done["curves"]["val/f1"]["x"][:3] == [0, 1, 2] and "train/loss_epoch" in done["curves"]
+        record = runs.get_run(workspace, run_id)
+        assert record["origin"] == "app" and record["exit_code"] == 0 and record["pid"] > 0
+        assert record["ended_at"] >= record["started_at"] and Path(record["folder"]).parent.name == "from-the-browser"
+        page = client.get(f"/runs/{run_id}").text
+        assert 'id="metrics-sentiment"' in page and 'src="/runs/{}/files/report"'.format(run_id) in page
+        rows = re.findall(r'<a class="mistake" href="/datasets/reviews\?row=(\d+)">', page)
+        assert rows and all(int(r) in rows_frame(workspace, "reviews").row.tolist() for r in rows)
+        report = client.get(f"/runs/{run_id}/files/report")
+        assert report.status_code == 200 and "plotly" in report.text.lower()
+        registered = client.post(f"/runs/{run_id}/register", data={"csrf": csrf, "name": "browser-model"})
+        assert registered.headers["location"] == f"/runs/{run_id}?registered=browser-model:1"
+
+        first, second = (int(start(*tiny).headers["location"].rsplit("/", 1)[1]) for _ in range(2))
+        wait_for_run(client, first, until=("running",), seconds=60)
+        assert client.get(f"/runs/{second}/progress").json()["status"] == "queued"  # one at a time
+        assert client.post(f"/runs/{second}/stop", data={"csrf": csrf}).status_code == 303
+        assert client.post(f"/runs/{first}/stop", data={"csrf": csrf}).status_code == 303
+        assert wait_for_run(client, first, seconds=60)["status"] == "stopped"
+        assert runs.get_run(workspace, second)["status"] == "stopped" and runs.get_run(workspace, second)["pid"] is None
+
+    cli = run_cli("train", *tiny[:-1], "trainer.max_epochs=1", "name=from-the-cli")
+    assert cli.returncode == 0, cli.stderr
+    record = runs.list_runs(workspace)[0]
+    assert (record["origin"], record["status"], record["exit_code"], record["kind"]) == ("cli", "finished", 0, "train")
+    assert Path(record["folder"]).parent.name == "from-the-cli"

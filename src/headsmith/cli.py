@@ -49,9 +49,11 @@ def user_errors(command):
 @user_errors
 def train(ctx: typer.Context):
     """Train from a recipe: `headsmith train recipe=sentiment trainer.max_epochs=3`; sweeps with `-m`; `--help`."""
+    from headsmith.training.runs import tracked
     from headsmith.training.train import main
 
-    main(list(ctx.args))
+    with tracked("train", list(ctx.args)):
+        main(list(ctx.args))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -60,9 +62,11 @@ def tune(ctx: typer.Context):
     """Bayesian search with Optuna: `headsmith tune recipe=sentiment tune.trials=12
     'optimizer.lr=tag(log, interval(1e-4, 1e-1))' head=mlp 'head.hidden=choice(64, 128, 256)'`. Writes each
     trial's run, trials.csv, tune.png and the best trial as a recipe."""
+    from headsmith.training.runs import tracked
     from headsmith.training.tune import main
 
-    main(list(ctx.args))
+    with tracked("tune", list(ctx.args)):
+        main(list(ctx.args))
 
 
 @app.command("example-data")
@@ -642,7 +646,8 @@ def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 8800,
                                                          "is read")] = None,
        allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image URLs name "
                                                         "127.0.0.1 and private networks")] = False,
-       max_upload_mb: Annotated[int, typer.Option(help="largest CSV upload, in MB")] = 512):
+       max_upload_mb: Annotated[int, typer.Option(help="largest CSV upload, in MB")] = 512,
+       parallel_runs: Annotated[int, typer.Option(help="trainings at once; the others wait in a queue")] = 1):
     """The web app over the workspace, on this machine: open the URL it prints (it carries a fresh token)."""
     import uvicorn
 
@@ -659,7 +664,7 @@ def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 8800,
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
     console.print(f"headsmith ui: open http://{shown}:{port}/?token={token}", highlight=False)
     settings = Settings(data=data.resolve() if data else None, allow_private_urls=allow_private_urls,
-                        max_upload_bytes=max_upload_mb << 20)
+                        max_upload_bytes=max_upload_mb << 20, parallel_runs=parallel_runs)
     uvicorn.run(create_app(Workspace(), token, hosts={host}, settings=settings), host=host, port=port,
                 log_level="warning")
 

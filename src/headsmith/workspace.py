@@ -127,6 +127,20 @@ AND (SELECT deleted FROM dataset_rows WHERE dataset_id = NEW.dataset_id AND row 
     INSERT INTO tallies VALUES (NEW.dataset_id, 'media', OLD.column, OLD.status, -1) ON CONFLICT DO UPDATE SET n = n - 1;
     INSERT INTO tallies VALUES (NEW.dataset_id, 'media', NEW.column, NEW.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
 END;
+-- Every `headsmith train` and `tune`, from the CLI or queued by the app (training/runs.py).
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,             -- train or tune
+    args TEXT NOT NULL,             -- JSON: the arguments after `headsmith train` / `tune`
+    origin TEXT NOT NULL,           -- cli or app
+    status TEXT NOT NULL,           -- queued, running, finished, failed, stopped (running with no process: died)
+    pid INTEGER,
+    folder TEXT,                    -- the run's (or the study's) folder, once known
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    ended_at TEXT,
+    exit_code INTEGER
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,

@@ -32,6 +32,7 @@ from headsmith.files import atomic_path, write_atomic
 from headsmith.models.heads import build_head, head_spec
 from headsmith.models.lora import merge_lora
 from headsmith.training.module import MultiHeadClassifier
+from headsmith.training.runs import set_folder
 from headsmith.models.net import MultiHeadNet
 from headsmith.models.package import load_model, save_package
 from headsmith.models.registry import resolve_model
@@ -254,6 +255,7 @@ def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, d
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    set_folder(output_dir)
     if rank_zero_only.rank == 0:  # under DDP every rank runs this function; files are written once
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 

@@ -24,6 +24,7 @@ from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.evaluation.plots import save_tune_png
 from headsmith.evaluation.report import console
 from headsmith.files import atomic_path, write_atomic
+from headsmith.training.runs import set_folder
 from headsmith.training.train import train
 from headsmith.training.validate import target_problems, validate_config
 from headsmith.workspace import Workspace
@@ -197,6 +198,7 @@ class Tuner:
 
     def run(self) -> dict:
         self.folder.mkdir(parents=True, exist_ok=True)
+        set_folder(self.folder)  # the study's, before any trial's
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of our own instead
         study = optuna.create_study(direction=self.direction, sampler=instantiate(self.settings.sampler),
                                     pruner=instantiate(self.settings.pruner), study_name=self.folder.name,

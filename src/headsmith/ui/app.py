@@ -8,6 +8,7 @@ request that changes anything carries the CSRF token its page was given."""
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 from urllib.parse import parse_qs, urlencode
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from headsmith.ui import datasets, imports, snapshots
+from headsmith.ui import datasets, imports, runs, snapshots
 from headsmith.ui.pages import Pages, Settings, csrf_token, local_path, templates
 from headsmith.workspace import Workspace
 
@@ -159,7 +160,18 @@ def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset(), 
             return login_page(request, status=401, error="wrong token", target=target)
         return signed_in(RedirectResponse(target, status_code=303), token)
 
+    @functools.cache
+    def plotly_js() -> bytes:
+        from plotly.offline import get_plotlyjs
+
+        return get_plotlyjs().encode()
+
+    async def static_plotly(request: Request) -> Response:  # served here: the app works offline, no CDN
+        return Response(plotly_js(), media_type="text/javascript", headers={"Cache-Control": "private, max-age=86400"})
+
     work = imports.Work(pages)
-    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]), *imports.routes(pages, work),
-                            *datasets.routes(pages, work), *snapshots.routes(pages)])
+    scheduler = runs.Scheduler(workspace, settings.parallel_runs)
+    app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]),
+                            Route("/static/plotly.js", static_plotly), *imports.routes(pages, work),
+                            *datasets.routes(pages, work), *snapshots.routes(pages), *runs.routes(pages, scheduler)])
     return Guard(app, token, LOOPBACK | {h.lower() for h in hosts}, settings.max_upload_bytes)

@@ -35,6 +35,7 @@ class Settings:
     data: Path | None = None  # the folder local images are read from (and nothing else on this machine)
     allow_private_urls: bool = False  # image URLs may name private and loopback addresses
     max_upload_bytes: int = 512 << 20
+    parallel_runs: int = 1  # trainings at once (a 2-core machine trains one well); the others are queued
 
     def fetcher(self, workspace: Workspace) -> MediaFetcher:
         """How the app fetches images for a person in the browser: http(s) to public addresses only (unless

@@ -1,0 +1,336 @@
+"""Training and tuning from the browser: a recipe and overrides (checked as the CLI checks them, and kept to what a
+browser may set), queued and started one at a time as `headsmith train|tune` processes whose records live in the
+catalog; each run's page follows it live (its log, its loss and metric curves) and, once done, shows its metrics,
+its report, its most confident mistakes (each linking to the dataset row to fix) and registers its model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+
+import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from headsmith.config import compose_train_config, config_dir, register_recipes
+from headsmith.errors import ConfigError, HeadsmithError
+from headsmith.training import runs
+from headsmith.ui.pages import Pages
+from headsmith.workspace import Workspace
+
+HEADSMITH = str(Path(sys.executable).with_name("headsmith"))
+LOG_LINES = 40
+MISTAKES = 20
+BLOCKED_ROOTS = {"hydra", "paths", "resume"}  # where files are written or read from: not set from a browser
+
+
+def group_options() -> dict[str, list[str]]:
+    """Each config group (conf/GROUP/*.yaml, and `recipe`) with its options."""
+    options = {folder.name: sorted(p.stem for p in folder.glob("*.yaml"))
+               for folder in config_dir().iterdir() if folder.is_dir() and folder.name != "hydra"}
+    return {**options, "recipe": sorted(register_recipes())}
+
+
+def _underscored(value) -> bool:
+    """A dict or list value that sets a key like `_target_` anywhere inside."""
+    if isinstance(value, dict):
+        return any(str(k).startswith("_") or _underscored(v) for k, v in value.items())
+    return isinstance(value, list) and any(map(_underscored, value))
+
+
+def _paths_in(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.startswith(("/", "~")) or ".." in Path(value).parts else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [p for item in items for p in _paths_in(item)]
+
+
+def override_problems(overrides: list[str], kind: str, workspace: Workspace, allowed: list[Path]) -> dict[str, list]:
+    """What is wrong with each override (by its text; "" for the config as a whole). A browser may only set
+    existing keys and pick existing group options: no `+`/`~`, no `_target_` (or any `_key_`), no interpolations,
+    no keys that say where files go, no paths outside `allowed` folders. Then the CLI's own checks: composition
+    and `validate_config` (for tune, the study checks its search space itself when it starts)."""
+    problems: dict[str, list[str]] = {}
+    options, keys = group_options(), {}
+    parser = OverridesParser.create()
+    for text in overrides:
+        found = problems.setdefault(text, [])
+        try:
+            override = parser.parse_override(text)
+        except Exception as e:  # noqa: BLE001 - Hydra's grammar errors: the person's text, said back to them
+            found.append(f"cannot be read: {str(e).splitlines()[0]}")
+            continue
+        key = override.key_or_group
+        keys[key] = text
+        value_text = text.split("=", 1)[1] if "=" in text else ""
+        if override.type != OverrideType.CHANGE or override.package:
+            found.append("only KEY=VALUE here: no +, ++, ~ or @package")
+        if any(part.startswith("_") for part in key.split(".")) or _underscored(override.value()):
+            found.append("_target_ and other _keys_ are set by recipes, not from the browser")
+        if key.split(".")[0] in BLOCKED_ROOTS:
+            found.append(f"{key.split('.')[0]} says where files are written or read: not from the browser")
+        if "${" in value_text:
+            found.append("interpolations (${...}) are not taken from the browser")
+        if override.is_sweep_override() and kind == "train":
+            found.append("a sweep: start a tune study instead")
+        for path in [] if override.is_sweep_override() else _paths_in(override.value()):
+            if not any(Path(path).expanduser().resolve().is_relative_to(folder) for folder in allowed):
+                found.append(f"{path}: only paths in the workspace or the data folder")
+        if key in options and not override.is_sweep_override() and override.value() not in (*options[key], None):
+            found.append(f"{key} has no option '{override.value()}' (options: {', '.join(options[key])})")
+    if any(problems.values()) or kind != "train":
+        return {k: v for k, v in problems.items() if v}
+    try:
+        from headsmith.training.validate import validate_config
+
+        # composed outside a Hydra run: its folder is named only to resolve the config (nothing is written there)
+        cfg = compose_train_config([*overrides, f"paths.output_dir={workspace.runs_dir / 'checking'}"])
+        validate_config(cfg, workspace)
+    except ConfigError as e:
+        for problem in e.problems:
+            owner = max((k for k in keys if problem.startswith(k)), key=len, default=None)
+            problems.setdefault(keys[owner] if owner else "", []).append(problem)
+    except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the key; said back as they are
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        owner = next((k for k in sorted(keys, key=len, reverse=True) if f"'{k}'" in str(e) or k in str(e)), None)
+        problems.setdefault(keys[owner] if owner else "", []).append(message)
+    return {k: v for k, v in problems.items() if v}
+
+
+class Scheduler:
+    """Starts queued runs, `parallel` at a time (runs the CLI started count too), as processes of their own
+    (a session of their own: stopping one stops its workers), each writing its output to a log file."""
+
+    def __init__(self, workspace: Workspace, parallel: int = 1):
+        self.workspace, self.parallel = workspace, parallel
+        self.logs = workspace.runs_dir / "app-logs"
+        self.processes: dict[int, subprocess.Popen] = {}
+        self.wake = threading.Event()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def log(self, run_id: int) -> Path:
+        return self.logs / f"{run_id}.log"
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                while len(runs.running(self.workspace)) < self.parallel and (run := runs.next_queued(self.workspace)):
+                    self._start(run)
+            except Exception as e:  # noqa: BLE001 - a catalog busy for longer than its timeout: try again soon
+                print(f"headsmith ui: the run queue: {e}", file=sys.stderr)
+            self.wake.wait(1.0)
+            self.wake.clear()
+
+    def _start(self, run: dict) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with self.workspace.catalog() as db:  # claimed: another app on this workspace will not start it too
+            if db.execute("UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+                          (runs._now(), run["id"])).rowcount == 0:
+                return
+        environment = {**os.environ, runs.RUN_ID_ENV: str(run["id"]), "HEADSMITH_HOME": str(self.workspace.root),
+                       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "120",
+                       "PYTHONUNBUFFERED": "1"}
+        with open(self.log(run["id"]), "ab") as log:
+            process = subprocess.Popen([HEADSMITH, run["kind"], *run["args"]], stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=environment, cwd=self.workspace.root,
+                                       start_new_session=True)
+        runs.mark(self.workspace, run["id"], pid=process.pid)
+        self.processes[run["id"]] = process
+        threading.Thread(target=self._wait, args=(run["id"], process), daemon=True).start()
+
+    def _wait(self, run_id: int, process: subprocess.Popen) -> None:
+        """The process's end, recorded here when it could not record it itself (killed)."""
+        code = process.wait()
+        record = runs.get_run(self.workspace, run_id)
+        if record and record["status"] in ("running", "died"):
+            runs.mark(self.workspace, run_id, status="stopped" if code < 0 else "failed" if code else "finished",
+                      exit_code=code, ended_at=runs._now())
+        self.processes.pop(run_id, None)
+        self.wake.set()
+
+    def stop(self, run_id: int) -> None:
+        """A queued run never starts; a running one gets SIGTERM (its whole session, when the app started it)."""
+        run = runs.get_run(self.workspace, run_id)
+        if run is None:
+            raise HeadsmithError(f"no run {run_id}")
+        if run["status"] == "queued":
+            with self.workspace.catalog() as db:
+                db.execute("UPDATE runs SET status = 'stopped', ended_at = ? WHERE id = ? AND status = 'queued'",
+                           (runs._now(), run_id))
+        elif run["status"] == "running":
+            try:
+                if os.getpgid(run["pid"]) == run["pid"]:
+                    os.killpg(run["pid"], signal.SIGTERM)
+                else:  # started from a terminal: its own process only
+                    os.kill(run["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        else:
+            raise HeadsmithError(f"run {run_id} is {run['status']}: there is nothing to stop")
+
+
+def curves(folder: Path | None) -> dict:
+    """Loss and metric series from the run's logs/metrics.csv (what Lightning's CSV logger writes as it goes)."""
+    path = folder / "logs" / "metrics.csv" if folder else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):  # being written
+        return {}
+    wanted = [c for c in frame.columns if c in ("train/loss_epoch", "train/loss", "val/loss")
+              or (c.startswith("val/") and c.count("/") == 1)]
+    series = {}
+    for column in wanted:
+        points = frame[["epoch", column]].dropna() if "epoch" in frame else pd.DataFrame()
+        points = points.groupby("epoch", as_index=False).last() if len(points) else points
+        if len(points):
+            series[column] = {"x": points["epoch"].tolist(), "y": points[column].round(5).tolist()}
+    return series
+
+
+def tail(path: Path, lines: int = LOG_LINES) -> str:
+    """The last lines of a log (progress bars' carriage returns kept to their last state)."""
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64 * 1024))
+        text = f.read().decode("utf-8", "replace")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in deque(text.splitlines(), maxlen=lines))
+
+
+def mistakes(folder: Path, limit: int = MISTAKES) -> dict[str, list[dict]]:
+    """Per head, the test rows the model got most confidently wrong (from eval/predictions.parquet)."""
+    path = folder / "eval" / "predictions.parquet"
+    if not path.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    heads = [n[:-len(":predicted")] for n in names if n.endswith(":predicted")]
+    found = {}
+    for head in heads:
+        frame = pd.read_parquet(path, columns=["row", "input", head, f"{head}:predicted", f"{head}:confidence"])
+        wrong = frame[frame[head].notna() & (frame[head] != frame[f"{head}:predicted"])]
+        worst = wrong.sort_values(f"{head}:confidence", ascending=False, kind="stable").head(limit)
+        found[head] = [{"row": int(r["row"]), "input": str(r["input"]), "label": r[head],
+                        "predicted": r[f"{head}:predicted"], "confidence": float(r[f"{head}:confidence"])}
+                       for _, r in worst.iterrows()]
+    return found
+
+
+def routes(pages: Pages, scheduler: Scheduler) -> list[Route]:
+    workspace, settings = pages.workspace, pages.settings
+
+    def allowed() -> list[Path]:
+        return [workspace.root.resolve(), *([settings.data.resolve()] if settings.data else [])]
+
+    def listing(request: Request, form: dict | None = None, problems: dict | None = None,
+                status: int = 200) -> Response:
+        return pages.render(request, "runs.html", {
+            "runs": runs.list_runs(workspace), "recipes": group_options()["recipe"], "form": form or {},
+            "problems": problems or {}, "parallel": scheduler.parallel}, status=status)
+
+    def runs_page(request: Request) -> Response:
+        return listing(request)
+
+    async def start(request: Request) -> Response:
+        form = await request.form()
+        kind = "tune" if form.get("kind") == "tune" else "train"
+        recipe = str(form.get("recipe") or "")
+        overrides = [line.strip() for line in str(form.get("overrides") or "").splitlines() if line.strip()]
+        args = [f"recipe={recipe}", *overrides] if recipe else overrides
+        problems = await run_in_threadpool(override_problems, args, kind, workspace, allowed())
+        if problems:
+            return await run_in_threadpool(listing, request, {k: str(v) for k, v in form.items()}, problems, 400)
+        run_id = runs.queue_run(workspace, kind, args)
+        scheduler.wake.set()
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    def run_or_404(request: Request) -> dict | None:
+        try:
+            return runs.get_run(workspace, int(request.path_params["id"]))
+        except ValueError:
+            return None
+
+    def progress_of(run: dict) -> dict:
+        folder = Path(run["folder"]) if run["folder"] else None
+        return {"status": run["status"], "exit_code": run["exit_code"], "log": tail(scheduler.log(run["id"])),
+                "curves": curves(folder if run["kind"] == "train" else None),
+                "started_at": run["started_at"], "ended_at": run["ended_at"]}
+
+    def run_page(request: Request) -> Response:
+        run = run_or_404(request)
+        if run is None:
+            return pages.render(request, "error.html", {"error": f"no run {request.path_params['id']}"}, status=404)
+        folder = Path(run["folder"]) if run["folder"] else None
+        context = {"run": run, "progress": progress_of(run), "metrics": None, "mistakes": {}, "trials": None,
+                   "dataset": None, "images": False, "registered": request.query_params.get("registered")}
+        if folder and run["kind"] == "train" and (folder / "metrics.json").is_file():
+            context["metrics"] = json.loads((folder / "metrics.json").read_text())
+            context["mistakes"] = mistakes(folder)
+            snapshot = _test_snapshot(workspace, folder)
+            if snapshot:
+                context["dataset"] = snapshot.manifest.source.get("dataset")
+                context["images"] = snapshot.manifest.type == "image-classification"
+        if folder and run["kind"] == "tune" and (folder / "trials.csv").is_file():
+            context["trials"] = pd.read_csv(folder / "trials.csv").to_dict("records")
+        return pages.render(request, "run.html", context)
+
+    def progress(request: Request) -> Response:
+        run = run_or_404(request)
+        return JSONResponse(progress_of(run) if run else {"status": None}, status_code=200 if run else 404)
+
+    async def stop(request: Request) -> Response:
+        run_id = int(request.path_params["id"])
+        try:
+            await run_in_threadpool(scheduler.stop, run_id)
+        except HeadsmithError as e:
+            return pages.render(request, "error.html", {"error": str(e)}, status=409)
+        return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+    def artifact(request: Request) -> Response:
+        """The run's report page or tune plot: files of its folder the app names itself, nothing else."""
+        run, name = run_or_404(request), request.path_params["name"]
+        files = {"report": ("eval/report.html", "text/html"), "tune.png": ("tune.png", "image/png")}
+        path = Path(run["folder"]) / files[name][0] if run and run["folder"] and name in files else None
+        if path is None or not path.is_file():
+            return Response("404: not there (yet)", status_code=404, media_type="text/plain")
+        return FileResponse(path, media_type=files[name][1])
+
+    async def register(request: Request) -> Response:
+        from headsmith.models.registry import register_model  # torch: imported when a model is registered
+
+        run, form = run_or_404(request), await request.form()
+        if run is None or not run["folder"]:
+            return pages.render(request, "error.html", {"error": "no such run with a model"}, status=404)
+        try:
+            name, version = await run_in_threadpool(register_model, workspace, Path(run["folder"]),
+                                                    str(form.get("name") or "").strip())
+        except HeadsmithError as e:
+            return pages.render(request, "error.html", {"error": str(e)}, status=400)
+        return RedirectResponse(f"/runs/{run['id']}?registered={name}:{version}", status_code=303)
+
+    return [Route("/runs", runs_page), Route("/runs", start, methods=["POST"]), Route("/runs/{id}", run_page),
+            Route("/runs/{id}/progress", progress), Route("/runs/{id}/stop", stop, methods=["POST"]),
+            Route("/runs/{id}/register", register, methods=["POST"]), Route("/runs/{id}/files/{name}", artifact)]
+
+
+def _test_snapshot(workspace: Workspace, folder: Path):
+    """The snapshot the run's test rows came from (its dataset is where mistakes are fixed), if it is still there."""
+    from headsmith.data.snapshot import load_snapshot
+
+    try:
+        return load_snapshot(workspace, json.loads((folder / "eval" / "eval.json").read_text())["snapshot"]["name"])
+    except (OSError, KeyError, ValueError, HeadsmithError):
+        return None
