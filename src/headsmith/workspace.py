@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS runs (
     kind TEXT NOT NULL,             -- train or tune
     args TEXT NOT NULL,             -- JSON: the arguments after `headsmith train` / `tune`
     origin TEXT NOT NULL,           -- cli or app
-    status TEXT NOT NULL,           -- queued, running, finished, failed, stopped (running with no process: died)
+    status TEXT NOT NULL,           -- queued, running, stopping, finished, failed, stopped (no process: died)
     pid INTEGER,
     folder TEXT,                    -- the run's (or the study's) folder, once known
     created_at TEXT NOT NULL,

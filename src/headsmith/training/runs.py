@@ -54,8 +54,8 @@ def _status(row) -> dict:
     run["args"] = json.loads(run["args"])
     starting = run["pid"] is None and run["started_at"] and (
         datetime.now(timezone.utc) - datetime.fromisoformat(run["started_at"])).total_seconds() < STARTING_SECONDS
-    if run["status"] == "running" and not starting and not _alive(run["pid"]):
-        run["status"] = "died"  # gone without recording its end
+    if run["status"] in ("running", "stopping") and not starting and not _alive(run["pid"]):
+        run["status"] = "died" if run["status"] == "running" else "stopped"  # gone without recording its end
     return run
 
 
@@ -72,9 +72,10 @@ def get_run(workspace: Workspace, run_id: int) -> dict | None:
 
 
 def running(workspace: Workspace) -> list[dict]:
+    """The runs whose process is at work (or being stopped)."""
     with workspace.catalog() as db:
-        rows = db.execute("SELECT * FROM runs WHERE status = 'running'").fetchall()
-    return [run for run in map(_status, rows) if run["status"] == "running"]
+        rows = db.execute("SELECT * FROM runs WHERE status IN ('running', 'stopping')").fetchall()
+    return [run for run in map(_status, rows) if run["status"] in ("running", "stopping")]
 
 
 def next_queued(workspace: Workspace) -> dict | None:

@@ -151,10 +151,11 @@ class Scheduler:
     def _wait(self, run_id: int, process: subprocess.Popen) -> None:
         """The process's end, recorded here when it could not record it itself (killed)."""
         code = process.wait()
-        record = runs.get_run(self.workspace, run_id)
-        if record and record["status"] in ("running", "died"):
-            runs.mark(self.workspace, run_id, status="stopped" if code < 0 else "failed" if code else "finished",
-                      exit_code=code, ended_at=runs._now())
+        with self.workspace.catalog() as db:
+            status = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()["status"]
+        if status in ("running", "stopping"):
+            runs.mark(self.workspace, run_id, exit_code=code, ended_at=runs._now(),
+                      status="stopped" if status == "stopping" or code < 0 else "failed" if code else "finished")
         self.processes.pop(run_id, None)
         self.wake.set()
 
@@ -167,7 +168,8 @@ class Scheduler:
             with self.workspace.catalog() as db:
                 db.execute("UPDATE runs SET status = 'stopped', ended_at = ? WHERE id = ? AND status = 'queued'",
                            (runs._now(), run_id))
-        elif run["status"] == "running":
+        elif run["status"] in ("running", "stopping"):
+            runs.mark(self.workspace, run_id, status="stopping")
             try:
                 if os.getpgid(run["pid"]) == run["pid"]:
                     os.killpg(run["pid"], signal.SIGTERM)
