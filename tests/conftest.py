@@ -4,9 +4,12 @@ function that composes a recipe for a fast CPU run through overrides."""
 from __future__ import annotations
 
 import os
+import re
+import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +20,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 
 from hypothesis import settings  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from headsmith.config import compose_train_config  # noqa: E402
 from headsmith.data.dataset import fetch_media, import_dataset  # noqa: E402
@@ -226,3 +232,38 @@ def short_snapshot(workspace, reviews_csv, tmp_path):
     path = tmp_path / "short.csv"
     frame[["text", "short"]].to_csv(path, index=False)
     return snapshot_csv(workspace, path, "short", "text", {"short": "short"})
+
+
+@pytest.fixture
+def start_ui():
+    """`headsmith ui ARGS` as a user starts it: (the URL it prints, the server's base URL)."""
+    servers = []
+
+    def start(*args: str) -> tuple[str, str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([HEADSMITH, "ui", "--port", str(port), *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+        servers.append(server)
+        url = re.search(r"open (http://\S+)", server.stdout.readline()).group(1)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return url, f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.terminate()
+        server.wait(10)
+
+
+def click_and_load(browser, element) -> None:
+    """Click what submits a form, and wait for the page that comes back."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")

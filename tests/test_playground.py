@@ -1,10 +1,13 @@
-"""`headsmith playground` as a user opens it: the real command on 127.0.0.1, driven in headless Chromium."""
+"""`headsmith playground` as a user opens it: the real command (the web app's playground page on 127.0.0.1), driven in
+headless Chromium."""
 
 import json
+import re
 import subprocess
-import urllib.error
-import urllib.request
+import time
 from pathlib import Path
+
+import httpx
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -17,23 +20,32 @@ from image_server import SAMPLES
 
 
 class PlaygroundProcess:
+    """`headsmith playground MODEL ...`: the web app's playground page; the URL it prints signs in."""
+
     def __init__(self, *args: str):
         self.process = subprocess.Popen([HEADSMITH, "playground", *args, "--port", "0"], stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         assert line.startswith("playground: "), line + self.process.stderr.read()
         self.url = line.split()[1]
+        self.base = self.url.split("/playground")[0]
+        self.client = httpx.Client(base_url=self.base, timeout=60)
+        for _ in range(100):
+            try:
+                page = self.client.get(self.url, follow_redirects=True)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        self.query = page.url.query.decode()
+        self.csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', page.text).group(1)
 
     def post(self, body) -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + "api/predict", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        response = self.client.post(f"/playground/predict?{self.query}", content=json.dumps(body),
+                                    headers={"Content-Type": "application/json", "X-CSRF-Token": self.csrf})
+        return response.status_code, response.json()
 
     def close(self):
+        self.client.close()
         self.process.terminate()
         self.process.wait(timeout=30)
 

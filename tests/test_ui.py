@@ -1,11 +1,8 @@
 """`headsmith ui`, the real server on 127.0.0.1: the token (URL, cookie, login form), the Host check against DNS
 rebinding, CSRF on every request that changes anything; the dataset pages through HTTP and in Chromium."""
 
-import os
 import re
 import shutil
-import socket
-import subprocess
 import time
 from html import unescape as html_unescape
 from pathlib import Path
@@ -15,40 +12,12 @@ import pandas as pd
 import pytest
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from conftest import HEADSMITH, console_errors, import_csv, run_cli, save_screenshot, snapshot_csv
+from conftest import click_and_load, console_errors, import_csv, run_cli, save_screenshot, snapshot_csv
 from headsmith.data.dataset import failed_images, get_dataset, history, rows_frame
 from headsmith.training import runs
 from image_server import SAMPLES
-
-
-@pytest.fixture
-def start_ui():
-    """`headsmith ui ARGS` as a user starts it: (the URL it prints, the server's base URL)."""
-    servers = []
-
-    def start(*args: str) -> tuple[str, str]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen([HEADSMITH, "ui", "--port", str(port), *args], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
-        servers.append(server)
-        url = re.search(r"open (http://\S+)", server.stdout.readline()).group(1)
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        return url, f"http://127.0.0.1:{port}"
-
-    yield start
-    for server in servers:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture
@@ -169,14 +138,6 @@ def test_thumbnails_name_a_blob_and_nothing_else(ui):
             assert browser.get(f"/thumbnails/{bad}").status_code in (400, 404)
         missing = browser.get(f"/thumbnails/{'0' * 64}")
         assert missing.status_code == 404 and "is missing" in missing.text
-
-
-def click_and_load(browser, element) -> None:
-    """Click what submits a form, and wait for the page that comes back."""
-    page = browser.find_element(By.TAG_NAME, "html")
-    element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
-    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def test_the_dataset_page_in_chromium(start_ui, browser, image_server, workspace, tmp_path):

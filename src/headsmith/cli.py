@@ -616,24 +616,18 @@ def playground(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a pack
                compare: Annotated[Optional[str], typer.Option(help="a second model to show side by side, e.g. "
                                                                    "the base model")] = None,
                port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port)")] = 8765):
-    """A local page to try the model on sample texts or images (and compare it with another model)."""
-    from headsmith.playground import Playground
-    from headsmith.predictor import open_predictor
+    """A page of the web app to try the model on sample texts or images (and compare it with another model)."""
+    from urllib.parse import urlencode
+
+    from headsmith.models.registry import resolve_model
+    from headsmith.ui.pages import Settings
     from headsmith.workspace import Workspace
 
-    workspace = Workspace()
-    predictors = [open_predictor(workspace, model)] + ([open_predictor(workspace, compare)] if compare else [])
-    try:
-        server = Playground(predictors, port=port)
-    except OSError as e:
-        raise HeadsmithError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); choose another --port") from None
-    console.print(f"playground: {server.url}  (Ctrl-C stops it)", highlight=False)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    refs = [model, *([compare] if compare else [])]
+    for ref in refs:
+        resolve_model(Workspace(), ref)  # refused here, with the registered names, rather than on the page
+    _serve_ui(Settings(models=tuple(refs)), "127.0.0.1", port, "playground: {url}",
+              "/playground?" + urlencode([("model", r) for r in refs]))
 
 
 @app.command("ui")
@@ -649,24 +643,34 @@ def ui(port: Annotated[int, typer.Option(help="port to listen on")] = 8800,
        max_upload_mb: Annotated[int, typer.Option(help="largest CSV upload, in MB")] = 512,
        parallel_runs: Annotated[int, typer.Option(help="trainings at once; the others wait in a queue")] = 1):
     """The web app over the workspace, on this machine: open the URL it prints (it carries a fresh token)."""
-    import uvicorn
-
-    from headsmith.ui.app import LOOPBACK, create_app, new_token
     from headsmith.ui.pages import Settings
-    from headsmith.workspace import Workspace
 
     if data is not None and not data.is_dir():
         raise HeadsmithError(f"--data {data}: no such folder")
+    _serve_ui(Settings(data=data.resolve() if data else None, allow_private_urls=allow_private_urls,
+                       max_upload_bytes=max_upload_mb << 20, parallel_runs=parallel_runs), host, port,
+              "headsmith ui: open {url}/")
+
+
+def _serve_ui(settings, host: str, port: int, announce: str, path: str = "") -> None:
+    """The web app on host:port with a fresh token; `announce` is printed with {url} (and `path`, then the token)."""
+    from urllib.parse import quote
+
+    from headsmith.ui.app import LOOPBACK, create_app, new_token, serve
+    from headsmith.workspace import Workspace
+
     token = new_token()
     if host not in LOOPBACK:
         console.print(f"[yellow]warning:[/] bound to {host}: anyone who can reach it and holds the token can train "
                       "and deploy on this machine")
     shown = host if host not in ("0.0.0.0", "::") else "127.0.0.1"
-    console.print(f"headsmith ui: open http://{shown}:{port}/?token={token}", highlight=False)
-    settings = Settings(data=data.resolve() if data else None, allow_private_urls=allow_private_urls,
-                        max_upload_bytes=max_upload_mb << 20, parallel_runs=parallel_runs)
-    uvicorn.run(create_app(Workspace(), token, hosts={host}, settings=settings), host=host, port=port,
-                log_level="warning")
+    app = create_app(Workspace(), token, hosts={host}, settings=settings)
+
+    def listening(bound: int) -> None:
+        link = announce.format(url=f"http://{shown}:{bound}") + path
+        console.print(f"{link}{'&' if '?' in link else '?'}token={quote(token)}", highlight=False, soft_wrap=True)
+
+    serve(app, host, port, listening)
 
 
 @app.command("compare")

@@ -19,15 +19,15 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from headsmith.ui import datasets, imports, runs, snapshots
+from headsmith.ui import datasets, deployments, imports, playground, runs, snapshots
 from headsmith.ui.pages import Pages, Settings, csrf_token, local_path, templates
+from headsmith.errors import HeadsmithError
 from headsmith.workspace import Workspace
 
 COOKIE = "headsmith_token"
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-MAX_BODY = 1 << 20  # a request's body; uploads have their own cap (Settings.max_upload_bytes)
-UPLOADS = {"/datasets/import"}  # streamed to the route when the CSRF token comes in a header
+MAX_BODY = 1 << 20  # a request's body; uploads and playground questions have their own caps (see create_app)
 
 
 def new_token() -> str:
@@ -54,8 +54,9 @@ def login_page(request: Request, status: int, error: str | None = None, target: 
 class Guard:
     """ASGI middleware: Host, token and CSRF checks before any route runs."""
 
-    def __init__(self, app, token: str, hosts: set[str], max_upload: int):
-        self.app, self.token, self.hosts, self.max_upload = app, token, hosts, max_upload
+    def __init__(self, app, token: str, hosts: set[str], streamed):
+        """`streamed(path)`: the body cap of a route whose body streams to it (an upload), else None."""
+        self.app, self.token, self.hosts, self.streamed = app, token, hosts, streamed
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -67,8 +68,8 @@ class Guard:
                                            status_code=400)(scope, receive, send)
         body = b""
         if request.method not in SAFE_METHODS:
-            upload = request.url.path in UPLOADS and "x-csrf-token" in request.headers
-            cap = self.max_upload if upload else MAX_BODY
+            streamed = self.streamed(request.url.path) if "x-csrf-token" in request.headers else None
+            upload, cap = streamed is not None, streamed or MAX_BODY
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:
                 return await _too_large(cap)(scope, receive, send)
@@ -169,9 +170,35 @@ def create_app(workspace: Workspace, token: str, hosts: set[str] = frozenset(), 
     async def static_plotly(request: Request) -> Response:  # served here: the app works offline, no CDN
         return Response(plotly_js(), media_type="text/javascript", headers={"Cache-Control": "private, max-age=86400"})
 
+    def streamed(path: str) -> int | None:
+        """Routes whose bodies stream to them (sent with the CSRF token in a header), with their caps."""
+        if path == "/datasets/import":
+            return settings.max_upload_bytes
+        if path == "/playground/predict" or (path.startswith("/deployments/") and path.endswith("/ask")):
+            return playground.MAX_BODY
+        return None
+
     work = imports.Work(pages)
     scheduler = runs.Scheduler(workspace, settings.parallel_runs)
     app = Starlette(routes=[Route("/", home), Route("/login", login, methods=["POST"]),
                             Route("/static/plotly.js", static_plotly), *imports.routes(pages, work),
-                            *datasets.routes(pages, work), *snapshots.routes(pages), *runs.routes(pages, scheduler)])
-    return Guard(app, token, LOOPBACK | {h.lower() for h in hosts}, settings.max_upload_bytes)
+                            *datasets.routes(pages, work), *snapshots.routes(pages), *runs.routes(pages, scheduler),
+                            *playground.routes(pages), *deployments.routes(pages)])
+    return Guard(app, token, LOOPBACK | {h.lower() for h in hosts}, streamed)
+
+
+def serve(app, host: str, port: int, announce) -> None:
+    """Listen on host:port (0: any free port), call `announce(port)` once listening, and serve until stopped."""
+    import socket
+
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise HeadsmithError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+    announce(sock.getsockname()[1])
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

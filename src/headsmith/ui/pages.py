@@ -36,6 +36,7 @@ class Settings:
     allow_private_urls: bool = False  # image URLs may name private and loopback addresses
     max_upload_bytes: int = 512 << 20
     parallel_runs: int = 1  # trainings at once (a 2-core machine trains one well); the others are queued
+    models: tuple[str, ...] = ()  # model folders the playground may open besides registered models
 
     def fetcher(self, workspace: Workspace) -> MediaFetcher:
         """How the app fetches images for a person in the browser: http(s) to public addresses only (unless

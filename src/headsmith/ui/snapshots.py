@@ -26,7 +26,9 @@ def routes(pages: Pages) -> list[Route]:
         return pages.render(request, "snapshots.html", {"snapshots": snapshots,
                                                         "datasets": datasets.list_datasets(workspace)})
 
-    def new_form(request: Request, form: dict, error: str | None = None, status: int = 200) -> Response:
+    def new_form(request: Request, form: dict, error: str | None = None, status: int = 200,
+                 picked: list[str] | None = None) -> Response:
+        """The form for a snapshot of `form["dataset"]`; `picked`: the label columns ticked (default: all)."""
         try:
             dataset = datasets.get_dataset(workspace, form.get("dataset", ""))
         except HeadsmithError as e:
@@ -35,6 +37,7 @@ def routes(pages: Pages) -> list[Route]:
         return pages.render(request, "snapshot_new.html", {
             "dataset": dataset, "inputs": inputs, "labels": dataset.of_type("label"), "form": form,
             "error": error, "types": SNAPSHOT_TYPES,
+            "picked": dataset.of_type("label") if picked is None else picked,
             "classes": datasets.summary(workspace, dataset.name)["classes"]}, status=status)
 
     def new_page(request: Request) -> Response:
@@ -43,8 +46,8 @@ def routes(pages: Pages) -> list[Route]:
     async def create(request: Request) -> Response:
         form = await request.form()
         fields = {k: str(v) for k, v in form.items()}
-        heads = {str(form.get(f"head.{column}") or column).strip(): column
-                 for column in form.getlist("label") if isinstance(column, str)}
+        picked = [column for column in form.getlist("label") if isinstance(column, str)]
+        heads = {str(form.get(f"head.{column}") or column).strip(): column for column in picked}
         try:
             dataset = datasets.get_dataset(workspace, fields.get("dataset", ""))
             input_column = fields.get("input", "")
@@ -56,9 +59,9 @@ def routes(pages: Pages) -> list[Route]:
                 input_column=input_column, labels=heads, type=kind, max_invalid=max_invalid,
                 backbone=fields.get("backbone") or None, max_tokens=max_tokens)
         except ValueError as e:
-            return await run_in_threadpool(new_form, request, fields, f"not a number: {e}", 400)
+            return await run_in_threadpool(new_form, request, fields, f"not a number: {e}", 400, picked)
         except HeadsmithError as e:
-            return await run_in_threadpool(new_form, request, fields, str(e), 400)
+            return await run_in_threadpool(new_form, request, fields, str(e), 400, picked)
         return RedirectResponse(f"/snapshots/{snapshot.manifest.name}", status_code=303)
 
     def snapshot_page(request: Request) -> Response:
