@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from conftest import click_and_load, console_errors, import_csv, run_cli, save_screenshot, snapshot_csv
-from headsmith.data.dataset import failed_images, get_dataset, history, rows_frame
+from headsmith.data.dataset import failed_images, get_dataset, history, list_datasets, rows_frame
 from headsmith.training import runs
 from image_server import SAMPLES
 
@@ -84,6 +85,10 @@ def test_a_change_without_the_pages_csrf_token_is_refused(ui):
 
 def signed_in_client(url: str, base: str) -> httpx.Client:
     return httpx.Client(base_url=base, cookies=httpx.get(url).cookies)
+
+
+def csrf_of(client: httpx.Client) -> str:
+    return re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/datasets").text).group(1)
 
 
 def row_form(page: str, row: int, column: str) -> dict:
@@ -390,3 +395,51 @@ def test_training_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbo
     record = runs.list_runs(workspace)[0]
     assert (record["origin"], record["status"], record["exit_code"], record["kind"]) == ("cli", "finished", 0, "train")
     assert Path(record["folder"]).parent.name == "from-the-cli"
+
+
+def test_a_tune_study_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbone):
+    snapshot_csv(workspace, reviews_csv, "reviews", "text", {"sentiment": "sentiment"})
+    url, base = start_ui("--data", str(tiny_backbone))
+    with signed_in_client(url, base) as client:
+        csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/runs").text).group(1)
+        overrides = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+                     "backbone.max_tokens=32", "trainer=cpu", "trainer.max_epochs=1", "tune.trials=2",
+                     "optimizer.lr=choice(0.01, 0.001)", "name=study"]
+        refused = client.post("/runs", data={"csrf": csrf, "kind": "tune", "overrides": "\n".join(
+            [*overrides, "head.hidden=choice({_target_: os.system}, 2)"])})
+        assert refused.status_code == 400 and "_target_ and other _keys_" in refused.text
+        started = client.post("/runs", data={"csrf": csrf, "kind": "tune", "overrides": "\n".join(overrides)})
+        run_id = int(started.headers["location"].rsplit("/", 1)[1])
+        assert wait_for_run(client, run_id)["status"] == "finished"
+        page = client.get(f"/runs/{run_id}").text
+        assert len(re.findall(r"<tr><td class=\"small\">", page)) == 2  # the trials table: one row per trial
+        assert client.get(f"/runs/{run_id}/files/tune.png").headers["content-type"] == "image/png"
+        assert Path(runs.get_run(workspace, run_id)["folder"]).name.startswith("tune-")
+
+
+def test_a_server_killed_mid_import_leaves_no_half_dataset(start_ui, workspace, tmp_path):
+    rows = 300_000
+    big = tmp_path / "big.csv"
+    pd.DataFrame({"text": [f"message number {i}" for i in range(rows)],
+                  "spam": ["yes" if i % 3 else "no" for i in range(rows)]}).to_csv(big, index=False)
+    url, base = start_ui()
+    with signed_in_client(url, base) as client:
+        csrf = re.search(r'<meta name="csrf-token" content="(\w+)">', client.get("/datasets/import").text).group(1)
+        kept = upload(client, csrf, "big.csv", big.read_bytes())
+        client.post(kept.headers["location"], data={"csrf": csrf, "name": "big", "type.spam": "label"})
+        time.sleep(1.5)  # importing (it takes several seconds here)
+        assert client.get("/datasets/big/progress").json()["stage"] == "importing"
+    server = [p for p in psutil.Process().children() if "ui" in p.cmdline()][-1]
+    server.kill()
+    server.wait(10)
+    with workspace.catalog() as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT COUNT(*) FROM dataset_rows").fetchone()[0] == 0  # the import's one transaction
+    assert [d["name"] for d in list_datasets(workspace)] == []
+    upload_folder = workspace.root / "uploads" / kept.headers["location"].rsplit("/", 1)[1]
+    assert (upload_folder / "big.csv").read_bytes() == big.read_bytes()  # kept whole: import it again
+    url, base = start_ui()
+    with signed_in_client(url, base) as client:
+        client.post(kept.headers["location"], data={"csrf": csrf_of(client), "name": "big", "type.spam": "label"})
+        assert wait_for_work(client, "big")["stage"] == "done"
+    assert list_datasets(workspace)[0]["rows"] == rows

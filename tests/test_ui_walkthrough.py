@@ -49,6 +49,7 @@ def test_the_whole_path_in_the_browser(start_ui, browser, image_server, workspac
         wait(lambda b: "/datasets/import/" in b.current_url)
         assert Select(browser.find_element(By.CSS_SELECTOR, 'select[aria-label="type of url"]')
                       ).first_selected_option.text == "image"
+        save_screenshot(browser, "ui-import-review.png")
         click_and_load(browser, browser.find_element(By.ID, "import"))
         wait(lambda b: len(b.find_elements(By.CSS_SELECTOR, "img.thumb")) == 40)
         wait(lambda b: all(b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 0

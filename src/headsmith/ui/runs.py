@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import OverrideType
+from hydra.core.override_parser.types import ChoiceSweep, OverrideType
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -39,6 +39,12 @@ def group_options() -> dict[str, list[str]]:
     options = {folder.name: sorted(p.stem for p in folder.glob("*.yaml"))
                for folder in config_dir().iterdir() if folder.is_dir() and folder.name != "hydra"}
     return {**options, "recipe": sorted(register_recipes())}
+
+
+def _values(override) -> list:
+    """The values an override may set: its value, or each choice of a sweep (ranges and intervals are numbers)."""
+    value = override.value()
+    return list(value.list) if isinstance(value, ChoiceSweep) else [value]
 
 
 def _underscored(value) -> bool:
@@ -75,7 +81,7 @@ def override_problems(overrides: list[str], kind: str, workspace: Workspace, all
         value_text = text.split("=", 1)[1] if "=" in text else ""
         if override.type != OverrideType.CHANGE or override.package:
             found.append("only KEY=VALUE here: no +, ++, ~ or @package")
-        if any(part.startswith("_") for part in key.split(".")) or _underscored(override.value()):
+        if any(part.startswith("_") for part in key.split(".")) or any(map(_underscored, _values(override))):
             found.append("_target_ and other _keys_ are set by recipes, not from the browser")
         if key.split(".")[0] in BLOCKED_ROOTS:
             found.append(f"{key.split('.')[0]} says where files are written or read: not from the browser")
@@ -83,7 +89,7 @@ def override_problems(overrides: list[str], kind: str, workspace: Workspace, all
             found.append("interpolations (${...}) are not taken from the browser")
         if override.is_sweep_override() and kind == "train":
             found.append("a sweep: start a tune study instead")
-        for path in [] if override.is_sweep_override() else _paths_in(override.value()):
+        for path in [p for value in _values(override) for p in _paths_in(value)]:
             if not any(Path(path).expanduser().resolve().is_relative_to(folder) for folder in allowed):
                 found.append(f"{path}: only paths in the workspace or the data folder")
         if key in options and not override.is_sweep_override() and override.value() not in (*options[key], None):
