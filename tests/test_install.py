@@ -22,8 +22,9 @@ def test_wheel_carries_configs_and_recipes(tmp_path):
         assert c.config_dir() == __import__("pathlib").Path({str(site)!r}) / "headsmith" / "conf", c.config_dir()
         cfg = c.compose_train_config(["recipe=sentiment", "paths.output_dir=out", "trainer.max_epochs=3"])
         print(cfg.name, cfg.dataset.snapshot, cfg.trainer.max_epochs)
-        import headsmith.evaluation.report as r, headsmith.evaluation.compare as k, headsmith.playground as p
-        assert all(t.is_file() for t in (r.TEMPLATE, k.TEMPLATE, p.PAGE))  # the pages' templates ship too
+        import headsmith.evaluation.report as r, headsmith.evaluation.compare as k, headsmith.ui.pages as p
+        pages = __import__("pathlib").Path(p.__file__).with_name("templates")
+        assert all(t.is_file() for t in (r.TEMPLATE, k.TEMPLATE, pages / "dataset.html", pages / "playground.html"))
     """)
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True)

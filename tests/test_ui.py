@@ -84,7 +84,7 @@ def test_a_change_without_the_pages_csrf_token_is_refused(ui):
 
 
 def signed_in_client(url: str, base: str) -> httpx.Client:
-    return httpx.Client(base_url=base, cookies=httpx.get(url).cookies)
+    return httpx.Client(base_url=base, cookies=httpx.get(url).cookies, timeout=60)
 
 
 def csrf_of(client: httpx.Client) -> str:
@@ -395,6 +395,11 @@ def test_training_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbo
     record = runs.list_runs(workspace)[0]
     assert (record["origin"], record["status"], record["exit_code"], record["kind"]) == ("cli", "finished", 0, "train")
     assert Path(record["folder"]).parent.name == "from-the-cli"
+    with signed_in_client(url, base) as client:  # the two runs compared
+        assert f'<option value="{record["id"]}">' in client.get("/runs").text
+        compared = client.get(f"/runs/compare?a={run_id}&b={record['id']}")
+        assert compared.status_code == 200 and "from-the-cli" in compared.text and "plotly" in compared.text.lower()
+        assert client.get(f"/runs/compare?a={run_id}&b={second}").status_code == 400  # stopped: nothing to compare
 
 
 def test_a_tune_study_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbone):
@@ -443,3 +448,25 @@ def test_a_server_killed_mid_import_leaves_no_half_dataset(start_ui, workspace, 
         client.post(kept.headers["location"], data={"csrf": csrf_of(client), "name": "big", "type.spam": "label"})
         assert wait_for_work(client, "big")["stage"] == "done"
     assert list_datasets(workspace)[0]["rows"] == rows
+
+
+def test_a_run_outlives_the_app_that_started_it(start_ui, workspace, reviews_csv, tiny_backbone):
+    """The run is a process of its own: the app killed meanwhile, a new one finds it in the catalog, running, then
+    finished (the run records its own end)."""
+    snapshot_csv(workspace, reviews_csv, "reviews", "text", {"sentiment": "sentiment"})
+    url, base = start_ui("--data", str(tiny_backbone))
+    tiny = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
+            "backbone.max_tokens=32", "trainer=cpu", "fit=sgd", "trainer.max_epochs=3", "name=outlives"]
+    with signed_in_client(url, base) as client:
+        started = client.post("/runs", data={"csrf": csrf_of(client), "kind": "train", "overrides": "\n".join(tiny)})
+        run_id = int(started.headers["location"].rsplit("/", 1)[1])
+        wait_for_run(client, run_id, until=("running",), seconds=60)
+    app = [p for p in psutil.Process().children() if "ui" in p.cmdline()][-1]
+    app.kill()
+    app.wait(10)
+    url, base = start_ui("--data", str(tiny_backbone))
+    with signed_in_client(url, base) as client:
+        assert client.get(f"/runs/{run_id}/progress").json()["status"] in ("running", "finished")
+        assert wait_for_run(client, run_id)["status"] == "finished"
+    record = runs.get_run(workspace, run_id)
+    assert record["exit_code"] == 0 and Path(record["folder"], "metrics.json").is_file()

@@ -7,6 +7,7 @@ import socket
 
 import pandas as pd
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -36,8 +37,10 @@ def test_the_whole_path_in_the_browser(start_ui, browser, image_server, workspac
     pd.DataFrame(rows, columns=["url", "face"]).to_csv(csv, index=False)
     url, base = start_ui("--allow-private-urls")  # the test's image server is on 127.0.0.1
 
-    def wait(condition, seconds: float = 60):
-        return WebDriverWait(browser, seconds, poll_frequency=0.2).until(condition)
+    def wait(condition, seconds: float = 60):  # pages that reload themselves (a run's, when it ends) go stale
+        return WebDriverWait(browser, seconds, poll_frequency=0.2,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                             ).until(condition)
 
     try:
         # Upload; the inferred types; import; thumbnails and the failed image.
@@ -56,6 +59,10 @@ def test_the_whole_path_in_the_browser(start_ui, browser, image_server, workspac
                            for i in b.find_elements(By.CSS_SELECTOR, "img.thumb")))
         assert "http 404" in browser.find_element(By.ID, "row-41").text
         save_screenshot(browser, "ui-dataset.png")
+
+        browser.get(f"{base}/datasets")
+        save_screenshot(browser, "ui-datasets.png")
+        browser.back()
 
         # Fix the wrong label of row 3.
         cell = browser.find_element(By.CSS_SELECTOR, 'input[aria-label="face of row 3"]')
@@ -88,6 +95,10 @@ def test_the_whole_path_in_the_browser(start_ui, browser, image_server, workspac
         browser.switch_to.frame(browser.find_element(By.ID, "report"))  # the report, embedded
         wait(lambda b: "face" in b.find_element(By.TAG_NAME, "body").text)
         browser.switch_to.default_content()
+
+        browser.get(f"{base}/runs")
+        save_screenshot(browser, "ui-runs.png")
+        browser.back()
 
         # A mistake, followed to its row, fixed there.
         mistake = browser.find_element(By.CSS_SELECTOR, "a.mistake")
@@ -122,6 +133,10 @@ def test_the_whole_path_in_the_browser(start_ui, browser, image_server, workspac
         assert len(key) > 30
         browser.get(f"{base}/deployments/production")
         assert key not in browser.page_source  # shown once
+
+        browser.get(f"{base}/deployments")
+        save_screenshot(browser, "ui-deployments.png")
+        browser.back()
 
         picture = tmp_path / "face.png"
         picture.write_bytes(face_png(7))

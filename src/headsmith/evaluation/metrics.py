@@ -9,8 +9,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision,
                                          MulticlassRecall, MulticlassStatScores)
 
-# What a selection rule may name; every one but loss is a macro average over the head's classes.
-METRIC_NAMES = ("f1", "precision", "recall", "balanced_accuracy", "loss")
+# Each class's metrics (a head's are their macro averages).
 PER_CLASS = ("precision", "recall", "f1", "balanced_accuracy")
 
 

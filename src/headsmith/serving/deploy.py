@@ -25,8 +25,6 @@ from headsmith.config import bundled
 from headsmith.data.dataset import check_name
 from headsmith.errors import HeadsmithError
 from headsmith.files import write_atomic
-from headsmith.models.package import WEIGHTS_FILE
-from headsmith.models.registry import model_identity
 from headsmith.serving.auth import key_hash, new_key, write_key_file
 from headsmith.workspace import Workspace
 
@@ -57,6 +55,9 @@ def store_model(workspace: Workspace, ref: str) -> tuple[str, str, int | None]:
     """Copy a model package into BentoML's model store (safetensors and JSON: no pickle) once; its tag names the
     registered version, or the weights' hash for a folder outside the registry."""
     import bentoml
+
+    from headsmith.models.package import WEIGHTS_FILE  # torch: imported when a model is stored, not to list keys
+    from headsmith.models.registry import model_identity
 
     path, name, version = model_identity(workspace, ref)
     if version is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headsmith.evaluation.metrics import METRIC_NAMES
+METRIC_NAMES = ("f1", "precision", "recall", "balanced_accuracy", "loss")  # what a rule may watch (loss last)
 
 
 def monitor_key(metric: str, head: str | None = None, class_label: str | None = None) -> str:

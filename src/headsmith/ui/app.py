@@ -68,12 +68,12 @@ class Guard:
                                            status_code=400)(scope, receive, send)
         body = b""
         if request.method not in SAFE_METHODS:
-            streamed = self.streamed(request.url.path) if "x-csrf-token" in request.headers else None
-            upload, cap = streamed is not None, streamed or MAX_BODY
+            cap = self.streamed(request.url.path) if "x-csrf-token" in request.headers else None
+            streaming, cap = cap is not None, cap or MAX_BODY
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > cap:
                 return await _too_large(cap)(scope, receive, send)
-            if upload:  # streamed to the route (never held here), counted as it goes; checked before it is read
+            if streaming:  # to the route (never held here), counted as it goes; its CSRF header is checked first
                 receive = _capped(receive, cap)
             else:
                 async for chunk in request.stream():  # counted as it arrives: a chunked body declares no length

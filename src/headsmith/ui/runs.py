@@ -5,6 +5,7 @@ its report, its most confident mistakes (each linking to the dataset row to fix)
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -239,6 +240,9 @@ def mistakes(folder: Path, limit: int = MISTAKES) -> dict[str, list[dict]]:
 
 def routes(pages: Pages, scheduler: Scheduler) -> list[Route]:
     workspace, settings = pages.workspace, pages.settings
+    # What checking a run's config imports (torch, Lightning, transformers: seconds), loaded while the app starts
+    # answering rather than when the first run is asked for.
+    threading.Thread(target=importlib.import_module, args=("headsmith.training.validate",), daemon=True).start()
 
     def allowed() -> list[Path]:
         return [workspace.root.resolve(), *([settings.data.resolve()] if settings.data else [])]
@@ -329,7 +333,24 @@ def routes(pages: Pages, scheduler: Scheduler) -> list[Route]:
             return pages.render(request, "error.html", {"error": str(e)}, status=400)
         return RedirectResponse(f"/runs/{run['id']}?registered={name}:{version}", status_code=303)
 
-    return [Route("/runs", runs_page), Route("/runs", start, methods=["POST"]), Route("/runs/{id}", run_page),
+    def compare_runs(request: Request) -> Response:
+        """Test metrics of two finished runs side by side (B - A per head and class): `headsmith compare`'s page."""
+        from headsmith.evaluation.compare import compare, load_side, save_comparison
+
+        try:
+            pair = [runs.get_run(workspace, int(request.query_params.get(side, ""))) for side in ("a", "b")]
+            if not all(run and run["folder"] and (Path(run["folder"]) / "metrics.json").is_file() for run in pair):
+                raise HeadsmithError("pick two finished training runs")
+            folder = workspace.root / "compare" / f"runs-{pair[0]['id']}-{pair[1]['id']}"
+            if not (folder / "compare.html").is_file():
+                save_comparison(compare(*(load_side(workspace, run["folder"]) for run in pair)), folder)
+        except (ValueError, HeadsmithError) as e:
+            return pages.render(request, "error.html", {"error": str(e) if isinstance(e, HeadsmithError)
+                                                        else "pick two runs"}, status=400)
+        return FileResponse(folder / "compare.html", media_type="text/html")
+
+    return [Route("/runs", runs_page), Route("/runs", start, methods=["POST"]), Route("/runs/compare", compare_runs),
+            Route("/runs/{id}", run_page),
             Route("/runs/{id}/progress", progress), Route("/runs/{id}/stop", stop, methods=["POST"]),
             Route("/runs/{id}/register", register, methods=["POST"]), Route("/runs/{id}/files/{name}", artifact)]
 
