@@ -15,7 +15,7 @@ from conftest import click_and_load, console_errors, save_screenshot
 from headsmith.data.dataset import history, rows_frame
 from headsmith.models.registry import resolve_model
 from headsmith.predictor import Predictor
-from headsmith.serving.deploy import list_deployments, stop_deployment
+from headsmith.serving.deploy import list_deployments, list_keys, stop_deployment
 from image_server import face_png
 
 pytestmark = pytest.mark.slow
@@ -149,6 +149,18 @@ def test_the_whole_path_in_the_browser(start_ui, browser, image_server, workspac
         assert shown == pytest.approx([c["score"] for c in expected], abs=1e-4)
         save_screenshot(browser, "ui-deployment.png")
         assert console_errors(browser) == []
+
+        # The key revoked, the deployment stopped, then deleted.
+        mine = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#keys tr")  # the key made above, not the app's
+                    if "headsmith ui playground" not in r.text and r.find_elements(By.TAG_NAME, "button"))
+        click_and_load(browser, mine.find_element(By.CSS_SELECTOR, "button.revoke"))
+        assert sum(1 for k in list_keys(workspace, "production") if k["revoked_at"]) == 1
+        click_and_load(browser, browser.find_element(By.ID, "stop"))
+        assert browser.find_element(By.ID, "status").text == "stopped"
+        browser.find_element(By.ID, "delete").click()
+        browser.switch_to.alert.accept()  # "Delete deployment production, its Bento and its keys?"
+        wait(lambda b: b.current_url == f"{base}/deployments")
+        assert list_deployments(workspace) == []
     finally:
         browser.set_page_load_timeout(60)
         for deployment in list_deployments(workspace):

@@ -156,7 +156,8 @@ def import_dataset(workspace: Workspace, name: str, table: CsvTable, columns: li
                             "VALUES (?, ?, ?, ?, ?)",
                             (name, json.dumps([c.as_dict() for c in columns]), str(table.path.resolve()),
                              file_sha256(table.path), _now()))
-        rows = _insert_rows(db, cursor.lastrowid, table, columns, mappings, 1, f"importing '{name}'", images_folder)
+        rows = _insert_rows(db, cursor.lastrowid, table, columns, mappings, 1, f"importing '{name}'",
+                            images_folder)
         _record(db, cursor.lastrowid, "import", file=str(table.path.resolve()), rows=rows,
                 columns={c.name: c.type for c in columns}, notes=notes)
     return notes
@@ -190,8 +191,8 @@ def _to_fetch(workspace: Workspace, dataset: Dataset, store: BlobStore, rows: li
         with workspace.catalog() as db:
             rows_read = db.execute(
                 "SELECT m.row, m.column, m.ref, m.status, m.sha256 FROM media m JOIN dataset_rows r "
-                f"USING (dataset_id, row) WHERE m.dataset_id = ? AND r.deleted = 0 {only}AND (m.row, m.column) > (?, ?) "
-                "ORDER BY m.row, m.column LIMIT ?",
+                f"USING (dataset_id, row) WHERE m.dataset_id = ? AND r.deleted = 0 {only}"
+                "AND (m.row, m.column) > (?, ?) ORDER BY m.row, m.column LIMIT ?",
                 (dataset.id, *([] if rows is None else [json.dumps(rows)]), *last, page)).fetchall()
         if not rows_read:
             return

@@ -88,7 +88,7 @@ def routes(pages: Pages, work: Work) -> list[Route]:
         change, recent = _number(query, "change", 0), datasets.history(workspace, name, last=HISTORY_SHOWN)
         return pages.render(request, "dataset.html", {
             "dataset": dataset, "summary": datasets.summary(workspace, name), "total": total, "offset": offset,
-            "limit": limit, "rows": page.to_dict("records"), "target": target, "where": where, "query": dict(query), "error": error,
+            "limit": limit, "rows": page.to_dict("records"), "target": target, "where": where, "error": error,
             "shown": [c for c in dataset.columns if c.type != "ignore"],
             "here": address(offset=offset), "address": address,
             "previous": address(offset=max(0, offset - limit)) if offset else None,
@@ -108,8 +108,8 @@ def routes(pages: Pages, work: Work) -> list[Route]:
 
     async def change(request: Request) -> Response:
         """Every edit of the page: `set` a cell of the rows (one, or a selection), `delete` or `fetch` (the images
-        again) a selection, `undo` a change. Done: back
-        to the page it came from. Refused: that page again, as it is now, with the reason."""
+        again) a selection, `fetch_all`, `undo` a change. Done: back to the page it came from. Refused: that page
+        again, as it is now, with the reason."""
         name, form = request.path_params["name"], await request.form()
         back = local_path(str(form.get("back", "")), f"/datasets/{name}")
         action = str(form.get("action", ""))
