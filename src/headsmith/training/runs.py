@@ -90,6 +90,30 @@ def mark(workspace: Workspace, run_id: int, **fields) -> None:
         db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", (*fields.values(), run_id))
 
 
+def _moved(workspace: Workspace, run_id: int, before: tuple[str, ...], **fields) -> bool:
+    """Set `fields` if the run's status is one of `before` (checked and set at once): whether it was."""
+    with workspace.catalog() as db:
+        return db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ? AND status IN "
+                          f"({', '.join('?' * len(before))})", (*fields.values(), run_id, *before)).rowcount > 0
+
+
+def claim(workspace: Workspace, run_id: int) -> bool:
+    """Take a queued run to start it (another app on the workspace will not start it too)."""
+    return _moved(workspace, run_id, ("queued",), status="running", started_at=_now())
+
+
+def cancel(workspace: Workspace, run_id: int) -> bool:
+    """A queued run that will never start."""
+    return _moved(workspace, run_id, ("queued",), status="stopped", ended_at=_now())
+
+
+def ended(workspace: Workspace, run_id: int, code: int) -> None:
+    """The end of a run whose process was waited for, unless the run recorded it itself (it could not if killed)."""
+    _moved(workspace, run_id, ("stopping",), status="stopped", exit_code=code, ended_at=_now())
+    _moved(workspace, run_id, ("running",), exit_code=code, ended_at=_now(),
+           status="stopped" if code < 0 else "failed" if code else "finished")
+
+
 def set_folder(folder: Path | str) -> None:
     """The current run's folder, once it is known, in the process a record is tracking (else nothing). The first
     one stays: a study's folder before its trials', a sweep's first job."""

@@ -121,7 +121,6 @@ class Scheduler:
     def __init__(self, workspace: Workspace, parallel: int = 1):
         self.workspace, self.parallel = workspace, parallel
         self.logs = workspace.runs_dir / "app-logs"
-        self.processes: dict[int, subprocess.Popen] = {}
         self.wake = threading.Event()
         threading.Thread(target=self._loop, daemon=True).start()
 
@@ -140,10 +139,8 @@ class Scheduler:
 
     def _start(self, run: dict) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        with self.workspace.catalog() as db:  # claimed: another app on this workspace will not start it too
-            if db.execute("UPDATE runs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
-                          (runs._now(), run["id"])).rowcount == 0:
-                return
+        if not runs.claim(self.workspace, run["id"]):
+            return
         environment = {**os.environ, runs.RUN_ID_ENV: str(run["id"]), "HEADSMITH_HOME": str(self.workspace.root),
                        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "COLUMNS": "120",
                        "PYTHONUNBUFFERED": "1"}
@@ -152,18 +149,11 @@ class Scheduler:
                                        stdin=subprocess.DEVNULL, env=environment, cwd=self.workspace.root,
                                        start_new_session=True)
         runs.mark(self.workspace, run["id"], pid=process.pid)
-        self.processes[run["id"]] = process
         threading.Thread(target=self._wait, args=(run["id"], process), daemon=True).start()
 
     def _wait(self, run_id: int, process: subprocess.Popen) -> None:
         """The process's end, recorded here when it could not record it itself (killed)."""
-        code = process.wait()
-        with self.workspace.catalog() as db:
-            status = db.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()["status"]
-        if status in ("running", "stopping"):
-            runs.mark(self.workspace, run_id, exit_code=code, ended_at=runs._now(),
-                      status="stopped" if status == "stopping" or code < 0 else "failed" if code else "finished")
-        self.processes.pop(run_id, None)
+        runs.ended(self.workspace, run_id, process.wait())
         self.wake.set()
 
     def stop(self, run_id: int) -> None:
@@ -172,9 +162,7 @@ class Scheduler:
         if run is None:
             raise HeadsmithError(f"no run {run_id}")
         if run["status"] == "queued":
-            with self.workspace.catalog() as db:
-                db.execute("UPDATE runs SET status = 'stopped', ended_at = ? WHERE id = ? AND status = 'queued'",
-                           (runs._now(), run_id))
+            runs.cancel(self.workspace, run_id)
         elif run["status"] in ("running", "stopping"):
             runs.mark(self.workspace, run_id, status="stopping")
             try:
