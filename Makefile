@@ -49,8 +49,10 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Two workers (pytest-xdist), one per core; a module's tests that share a server stay on one worker (xdist_group).
+TEST_WORKERS ?= 2
 test: setup browser
-	WANDB_MODE=offline $(VENV)/bin/pytest
+	WANDB_MODE=offline $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Issue 4's text walkthrough: build a two-head base model from real text, register it, add a sentiment head to it.
 walkthrough-text: data

@@ -29,7 +29,7 @@ from headsmith.data.dataset import fetch_media, import_dataset  # noqa: E402
 from headsmith.data.examples import rotten_tomatoes  # noqa: E402
 from headsmith.data.ingest import infer_columns, read_table  # noqa: E402
 from headsmith.data.snapshot import create_snapshot  # noqa: E402
-from headsmith.models.package import load_model  # noqa: E402
+from headsmith.models.package import load_model, read_meta  # noqa: E402
 from headsmith.models.registry import register_model, resolve_model  # noqa: E402
 from headsmith.training.train import train  # noqa: E402
 from headsmith.workspace import Workspace  # noqa: E402
@@ -40,6 +40,20 @@ HEADSMITH = str(Path(sys.executable).with_name("headsmith"))
 # running other tests' servers times examples unevenly. No health check is suppressed.
 settings.register_profile("headsmith", max_examples=200, deadline=None)
 settings.load_profile("headsmith")
+
+
+# The longest modules first: with two workers (pytest -n 2), a long test started last would leave one core idle at the
+# end. Measured with `pytest --durations=0` on this machine; any module not named keeps its place after these.
+LONGEST_FIRST = ["test_score", "test_serving", "test_fine_tuning", "test_ui", "test_distributed", "test_ui_walkthrough",
+                 "test_resume", "test_train", "test_vision", "test_thresholds_and_predict", "test_base_model",
+                 "test_report", "test_playground", "test_install", "test_tune", "test_real_minilm"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: each module's tests keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -54,16 +68,20 @@ def reviews(tmp_path_factory) -> pd.DataFrame:
     return pd.read_csv(rotten_tomatoes(tmp_path_factory.mktemp("data") / "rotten-tomatoes.csv"))
 
 
-@pytest.fixture
-def reviews_csv(reviews, tmp_path) -> Path:
+def write_reviews_csv(reviews: pd.DataFrame, folder: Path) -> Path:
     """240 real reviews, balanced, with a second head (`long`: is the snippet over 100 characters?) that labels only
     every other row, so one model trains on rows that label different heads."""
     sample = pd.concat([g.head(120) for _, g in reviews.groupby("sentiment")]).reset_index(drop=True)
     sample["long"] = (sample["text"].str.len() > 100).map({True: "yes", False: "no"})
     sample.loc[sample.index % 2 == 1, "long"] = ""
-    path = tmp_path / "reviews.csv"
+    path = folder / "reviews.csv"
     sample.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def reviews_csv(reviews, tmp_path) -> Path:
+    return write_reviews_csv(reviews, tmp_path)
 
 
 def import_csv(workspace: Workspace, path: Path, name: str, **types: str) -> str:
@@ -104,15 +122,20 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return folder
 
 
+def fast_overrides(output_dir: Path, tiny_backbone: Path | None) -> list[str]:
+    """A CPU run into output_dir, on the tiny backbone unless it is None."""
+    base = [f"paths.output_dir={output_dir}", "trainer=cpu", "trainer.enable_progress_bar=false"]
+    if tiny_backbone:
+        base += ["backbone=hf_text", f"backbone.pretrained={tiny_backbone}", "backbone.max_tokens=32",
+                 "trainer.max_epochs=2", "dataset.batch_size=32"]
+    return base
+
+
 @pytest.fixture
 def compose(tmp_path, tiny_backbone):
     """Compose `train` with overrides for a fast CPU run in tmp_path (tiny backbone unless a test overrides it)."""
     def _compose(*overrides: str, fast: bool = True):
-        base = [f"paths.output_dir={tmp_path / 'run'}", "trainer=cpu", "trainer.enable_progress_bar=false"]
-        if fast:
-            base += ["backbone=hf_text", f"backbone.pretrained={tiny_backbone}", "backbone.max_tokens=32",
-                     "trainer.max_epochs=2", "dataset.batch_size=32"]
-        return compose_train_config([*base, *overrides])
+        return compose_train_config([*fast_overrides(tmp_path / "run", tiny_backbone if fast else None), *overrides])
     return _compose
 
 
@@ -215,12 +238,31 @@ def wandb_records(run_folder: Path) -> list:
     return records
 
 
+@pytest.fixture(scope="session")
+def base_package(tmp_path_factory, reviews, tiny_backbone) -> Path:
+    """A base model with two heads (sentiment, long) trained once per session, in a workspace of its own, on the same
+    snapshot as `reviews_snapshot` (the same bytes, so the same sha256 in its lineage)."""
+    folder = tmp_path_factory.mktemp("base")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSMITH_HOME", str(folder / "workspace"))
+        workspace = Workspace()
+        snapshot_csv(workspace, write_reviews_csv(reviews, folder), "reviews", "text",
+                     {"sentiment": "sentiment", "long": "long"})
+        metrics, _ = train(compose_train_config([*fast_overrides(folder / "base-run", tiny_backbone),
+                                                 "dataset.snapshot=reviews", "optimizer.lr=1e-2",
+                                                 "trainer.max_epochs=4"]))
+    return Path(metrics["model"])
+
+
 @pytest.fixture
-def base(compose, reviews_snapshot, workspace, tmp_path):
-    """A base model with two heads (sentiment, long), registered as `base`."""
-    metrics, _ = train(compose("dataset.snapshot=reviews", f"paths.output_dir={tmp_path / 'base-run'}",
-                               "optimizer.lr=1e-2", "trainer.max_epochs=4"))
-    assert register_model(workspace, tmp_path / "base-run", "base") == ("base", 1)
+def base(base_package, reviews_snapshot, workspace, tmp_path):
+    """The session's base model, copied to tmp_path/base-run/model and registered as `base` in this test's workspace
+    (beside the same `reviews` snapshot it was trained on)."""
+    import shutil
+
+    assert read_meta(base_package)["lineage"]["snapshots"]["train"]["sha256"] == reviews_snapshot.manifest.sha256
+    shutil.copytree(base_package, tmp_path / "base-run" / "model")
+    assert register_model(workspace, tmp_path / "base-run" / "model", "base") == ("base", 1)
     return load_model(resolve_model(workspace, "base"))
 
 

@@ -3,6 +3,7 @@ carried through, bad rows marked rather than fatal; killed with kill -9 and run 
 repeating a row."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -109,34 +110,31 @@ def test_a_killed_score_job_goes_on_without_losing_or_repeating_a_row(package, b
 
 
 def test_the_ray_engine_gives_the_local_output_and_goes_on_with_a_local_job(package, backlog, tmp_path):
-    """A local Ray with two actors of one thread each: the same rows in the same order, the same statuses and
-    decisions, scores within 1e-5; and a job stopped half-way in this process is finished by Ray."""
+    """A job stopped after two parts in this process (the manifest as a kill leaves it) is finished by a local Ray
+    with two actors of one thread each: every row in order, the same statuses and decisions as the local job,
+    scores within 1e-5, and the two parts written before kept as they were."""
     _, path = backlog
     common = ["score", str(package), str(path), "--keep", "id,created_at", "--chunk-rows", "128"]
     local = run_cli(*common, "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stdout + local.stderr
-    expected, _ = read_output(tmp_path / "local")
+    expected, whole = read_output(tmp_path / "local")
+    shutil.copytree(tmp_path / "local", tmp_path / "ray")
+    half, parts = dict(whole), whole["parts"]
+    half.update(parts=parts[:2], rows=parts[2]["first_row"], done=False)
+    (tmp_path / "ray" / "_manifest.json").write_text(json.dumps(half))
+    for late in parts[2:]:
+        (tmp_path / "ray" / late["file"]).unlink()
+    kept = {p["file"]: (tmp_path / "ray" / p["file"]).read_bytes() for p in parts[:2]}
     on_ray = run_cli(*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2",
                      "--threads-per-worker", "1")
     assert on_ray.returncode == 0, on_ray.stdout + on_ray.stderr
     scored, manifest = read_output(tmp_path / "ray")
     assert manifest["done"] and manifest["rows"] == 600 and len(manifest["parts"]) == 5
+    assert all((tmp_path / "ray" / name).read_bytes() == data for name, data in kept.items())
     exact = [c for c in expected.columns if ":score:" not in c]  # row, kept columns, status, decisions
     pd.testing.assert_frame_equal(scored[exact], expected[exact])
     scores = [c for c in expected.columns if ":score:" in c]
     assert (scored[scores] - expected[scores]).abs().max().max() < 1e-5
-    # Stopped after two parts in this process (the manifest as a kill leaves it), then finished on Ray.
-    half = json.loads((tmp_path / "local" / "_manifest.json").read_text())
-    parts = half["parts"]
-    half.update(parts=parts[:2], rows=parts[2]["first_row"], done=False)
-    (tmp_path / "local" / "_manifest.json").write_text(json.dumps(half))
-    for late in parts[2:]:
-        (tmp_path / "local" / late["file"]).unlink()
-    finished = run_cli(*common, "--out", str(tmp_path / "local"), "--engine", "ray")
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    again, manifest = read_output(tmp_path / "local")
-    assert manifest["done"] and again["row"].tolist() == list(range(600))
-    pd.testing.assert_frame_equal(again[exact], expected[exact])
 
 
 def test_images_are_scored_a_batch_at_a_time_and_the_ones_that_fail_are_named(image_server, tmp_path):

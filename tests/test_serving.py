@@ -22,6 +22,9 @@ from headsmith.workspace import Workspace
 from conftest import run_cli, small_image_model, snapshot_csv
 from image_server import SAMPLES, decompression_bomb, fifty_megapixels
 
+# One worker holds this module's deployments (module-scoped fixtures), however many workers run the suite.
+pytestmark = pytest.mark.xdist_group("serving")
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -589,16 +589,17 @@ def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package f
     Killed and run again with the same arguments, it goes on where it stopped (with either engine)."""
     from headsmith.engines import RayOptions, stop_ray
     from headsmith.predictor import open_predictor
-    from headsmith.scoring import RayEngine, score_file
+    from headsmith.scoring import RayEngine, check_input, score_file
     from headsmith.workspace import Workspace
 
     if min(chunk_rows, batch_size, workers, threads_per_worker) < 1:
         raise HeadsmithError("--chunk-rows, --batch-size, --workers and --threads-per-worker: whole numbers from 1")
     if engine not in ("local", "ray"):
         raise HeadsmithError(f"--engine {engine}: choose local or ray")
+    kept = [name.strip() for name in keep.split(",") if name.strip()]
+    check_input(source, list(dict.fromkeys([*kept, input_column])))
     predictor = open_predictor(Workspace(), model)
     predictor.batch_size = batch_size
-    kept = [name.strip() for name in keep.split(",") if name.strip()]
     ray = (RayEngine(predictor.package, batch_size, RayOptions(ray_address, workers, threads_per_worker))
            if engine == "ray" else None)
     try:

@@ -54,6 +54,15 @@ def read_chunks(source: str, rows: int, columns: list[str]) -> Iterator[pd.DataF
         raise HeadsmithError(f"{source}: cannot read it as {kind} with the columns {columns}: {e}") from None
 
 
+def check_input(source: str, columns: list[str]) -> None:
+    """Refuse an input that cannot be read, or lacks one of `columns`, before any model loads (seconds saved)."""
+    chunks = read_chunks(source, 1, columns)
+    try:
+        next(chunks, None)
+    finally:
+        chunks.close()
+
+
 def content_hash(source: str) -> str:
     import fsspec
 
