@@ -49,7 +49,7 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Two workers (pytest-xdist), one per core; a module's tests that share a server stay on one worker (xdist_group).
+# Two workers (pytest-xdist), one per core; the modules in tests/conftest.py's ONE_WORKER each stay on one worker.
 TEST_WORKERS ?= 2
 test: setup browser
 	WANDB_MODE=offline $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup

@@ -17,9 +17,6 @@ from omegaconf import OmegaConf
 
 from conftest import run_cli, snapshot_csv
 
-# Each DDP job runs two processes: one such job at a time, on one worker, while the other worker runs other tests.
-pytestmark = pytest.mark.xdist_group("ddp")
-
 DDP = ["fit=sgd", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.enable_progress_bar=false"]
 
 

@@ -207,12 +207,11 @@ def test_a_branched_lora_package_serves_what_predict_answers(compose, base, shor
     needs = bento.read_text().splitlines()
     assert any(n.startswith("torch==") for n in needs)  # a package needs no peft, nor the data engines
     assert not [n for n in needs if n.split("==")[0] in ("peft", "accelerate", "duckdb", "ray")]
-    local, kept = (json.loads(deployed.cli("predict", ref, *TEXTS).stdout)["results"]
-                   for ref in ("branched-lora:1", "base"))
+    local, kept = (deployed.predict(ref, TEXTS) for ref in ("branched-lora:1", "base"))
     for served, ours, theirs in zip(answer["results"], local, kept):
         assert set(served) >= {"sentiment", "long", "short"}
         for head in ("sentiment", "long", "short"):
             scores = [c["score"] for c in served[head]["classes"]]
-            assert scores == pytest.approx([c["score"] for c in ours["heads"][head]["classes"]], abs=1e-5)
+            assert scores == pytest.approx([c["score"] for c in ours[head]["classes"]], abs=1e-5)
             if head != "short":
-                assert scores == pytest.approx([c["score"] for c in theirs["heads"][head]["classes"]], abs=1e-5)
+                assert scores == pytest.approx([c["score"] for c in theirs[head]["classes"]], abs=1e-5)

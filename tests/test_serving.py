@@ -22,9 +22,6 @@ from headsmith.workspace import Workspace
 from conftest import run_cli, small_image_model, snapshot_csv
 from image_server import SAMPLES, decompression_bomb, fifty_megapixels
 
-# One worker holds this module's deployments (module-scoped fixtures), however many workers run the suite.
-pytestmark = pytest.mark.xdist_group("serving")
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -51,6 +48,13 @@ class Deployed:
         self.cli("deploy", "serve", name, "--port", str(port))
         self.urls[name] = f"http://127.0.0.1:{port}"
         return self.urls[name], key
+
+    def predict(self, ref: str, inputs: list) -> list[dict]:
+        """What `headsmith predict REF INPUTS...` answers for each input (its `heads`), computed in this process by
+        the same Predictor: the reference a served answer must equal."""
+        from headsmith.predictor import open_predictor
+
+        return open_predictor(Workspace(self.home), ref).predict(inputs)
 
     def stop_all(self):
         for name in self.urls:
@@ -120,11 +124,11 @@ def test_concurrent_requests_are_batched_each_scored_once_and_answered_with_thei
         answers = list(pool.map(lambda text: post(f"{url}/v1/classify/text", {"texts": [text]}, key), texts))
     calls, scored = scorer_calls(url)
     assert scored - scored_before == len(texts) and calls - calls_before < len(texts) / 2, (calls, scored)
-    predicted = json.loads(deployed.cli("predict", "reviews-model:1", *texts).stdout)["results"]
+    predicted = deployed.predict("reviews-model:1", texts)
     for (status, answer), local in zip(answers, predicted):
         assert status == 200, answer
         served = [c["score"] for c in answer["results"][0]["sentiment"]["classes"]]
-        assert served == pytest.approx([c["score"] for c in local["heads"]["sentiment"]["classes"]], abs=1e-5)
+        assert served == pytest.approx([c["score"] for c in local["sentiment"]["classes"]], abs=1e-5)
 
 
 def test_two_deployments_answer_at_once_with_their_own_keys_as_predict_does(text_deployments):
@@ -143,10 +147,10 @@ def test_two_deployments_answer_at_once_with_their_own_keys_as_predict_does(text
     [t.join(120) for t in threads]
     for name, version in (("production", 1), ("canary", 2)):
         assert answers[name]["model"] == {"name": "reviews-model", "version": version}
-        predicted = json.loads(deployed.cli("predict", f"reviews-model:{version}", *TEXTS).stdout)["results"]
+        predicted = deployed.predict(f"reviews-model:{version}", TEXTS)
         for served, local in zip(answers[name]["results"], predicted):
-            assert served["sentiment"]["decision"] == local["heads"]["sentiment"]["decision"]
-            for a, b in zip(served["sentiment"]["classes"], local["heads"]["sentiment"]["classes"]):
+            assert served["sentiment"]["decision"] == local["sentiment"]["decision"]
+            for a, b in zip(served["sentiment"]["classes"], local["sentiment"]["classes"]):
                 assert a["class"] == b["class"] and a["threshold"] == b["threshold"]
                 assert a["score"] == pytest.approx(b["score"], abs=1e-5)
     assert answers["production"]["results"] != answers["canary"]["results"]  # two models, two answers
@@ -332,7 +336,7 @@ def test_images_by_upload_and_base64_and_every_bad_image_refused(image_deploymen
 
     deployed, (url, key) = image_deployment
     photo = SAMPLES / "chelsea.png"
-    local = json.loads(deployed.cli("predict", "cat", str(photo)).stdout)["results"][0]["heads"]["cat"]
+    local = deployed.predict("cat", [photo])[0]["cat"]
     with bentoml.SyncHTTPClient(url, token=key) as client:
         uploaded = client.classify_upload(files=[photo])["results"][0]["cat"]
     status, sent = post(f"{url}/v1/classify/image", {"images": [base64.b64encode(photo.read_bytes()).decode()]}, key)

@@ -588,8 +588,9 @@ def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package f
     """Score every row of a big file with every head: scores, decisions and a status per row, in input order.
     Killed and run again with the same arguments, it goes on where it stopped (with either engine)."""
     from headsmith.engines import RayOptions, stop_ray
-    from headsmith.predictor import open_predictor
-    from headsmith.scoring import RayEngine, check_input, score_file
+    from headsmith.models.registry import model_identity
+    from headsmith.predictor import Predictor
+    from headsmith.scoring import RayEngine, check_input, job_manifest, score_file
     from headsmith.workspace import Workspace
 
     if min(chunk_rows, batch_size, workers, threads_per_worker) < 1:
@@ -598,12 +599,17 @@ def score(model: Annotated[str, typer.Argument(help="NAME[:VERSION], a package f
         raise HeadsmithError(f"--engine {engine}: choose local or ray")
     kept = [name.strip() for name in keep.split(",") if name.strip()]
     check_input(source, list(dict.fromkeys([*kept, input_column])))
-    predictor = open_predictor(Workspace(), model)
+    package, name, version = model_identity(Workspace(), model)
+    manifest = job_manifest(package, name, version, source, out, input_column, kept, chunk_rows)
+    if manifest["done"]:  # this same job finished before: nothing to load or score
+        console.print(f"already scored: {manifest['rows']} rows of {source} in {out}", highlight=False)
+        return
+    predictor = Predictor(package, name=name, version=version)
     predictor.batch_size = batch_size
     ray = (RayEngine(predictor.package, batch_size, RayOptions(ray_address, workers, threads_per_worker))
            if engine == "ray" else None)
     try:
-        manifest = score_file(predictor, source, out, input_column, kept, chunk_rows, engine=ray)
+        manifest = score_file(predictor, source, out, input_column, kept, chunk_rows, engine=ray, manifest=manifest)
     finally:
         if ray:
             stop_ray()

@@ -73,19 +73,27 @@ def content_hash(source: str) -> str:
     return digest.hexdigest()
 
 
+def job_manifest(package: Path, name: str, version: int | None, source: str, out: Path | str, input_column: str,
+                 keep: list[str] = (), chunk_rows: int = 10_000) -> dict:
+    """The scoring job's manifest, known before any model loads: the one an earlier run of this same job left in
+    `out` (done, or where it stopped), or a new one. A folder holding another job is refused."""
+    options = {"input_column": input_column, "keep": list(keep), "chunk_rows": chunk_rows}
+    job = hashlib.sha256(json.dumps({"model": _model_identity(Path(package)), "input": content_hash(source),
+                                     **options}, sort_keys=True).encode()).hexdigest()[:16]
+    return _manifest(Path(out), job) or {"job": job, "model": {"name": name, "version": version,
+                                                               "path": str(package)},
+                                         "input": source, "options": options, "parts": [], "rows": 0, "done": False}
+
+
 def score_file(predictor: Predictor, source: str, out: Path | str, input_column: str, keep: list[str] = (),
-               chunk_rows: int = 10_000, engine: "RayEngine | None" = None) -> dict:
+               chunk_rows: int = 10_000, engine: "RayEngine | None" = None, manifest: dict | None = None) -> dict:
     """Score every row of `source` into `out` (Parquet parts + _manifest.json, in input order): kept columns, `row`
     (the input's row number), `status` (ok, empty, or why an image failed), then per head its decision and each
-    class's score. `engine`: score on a Ray cluster instead of in this process (the same output). Returns the
-    manifest."""
+    class's score. `engine`: score on a Ray cluster instead of in this process (the same output). `manifest`: the
+    job's, from `job_manifest` (found here otherwise). Returns the manifest."""
     out = Path(out)
-    options = {"input_column": input_column, "keep": list(keep), "chunk_rows": chunk_rows}
-    job = hashlib.sha256(json.dumps({"model": _model_identity(predictor), "input": content_hash(source),
-                                     **options}, sort_keys=True).encode()).hexdigest()[:16]
-    manifest = _manifest(out, job) or {"job": job, "model": {"name": predictor.name, "version": predictor.version,
-                                                              "path": str(predictor.package)},
-                                       "input": source, "options": options, "parts": [], "rows": 0, "done": False}
+    manifest = manifest or job_manifest(predictor.package, predictor.name, predictor.version, source, out,
+                                        input_column, keep, chunk_rows)
     if manifest["done"]:
         return manifest
     out.mkdir(parents=True, exist_ok=True)
@@ -175,11 +183,10 @@ class _RayScorer:
         return _score_chunk(self.predictor, rows.reset_index(drop=True), self.input_column, keep=[])
 
 
-def _model_identity(predictor: Predictor) -> str:
+def _model_identity(package: Path) -> str:
     """What identifies the scores: the package's model.json and weights file (size and time written)."""
-    weights = predictor.package / "model.safetensors"
-    stat = weights.stat()
-    return hashlib.sha256((predictor.package / "model.json").read_bytes()
+    stat = (package / "model.safetensors").stat()
+    return hashlib.sha256((package / "model.json").read_bytes()
                           + f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
 
 
