@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from headsmith.predictor import Predictor
+from headsmith.scoring import score_file
 from headsmith.training.train import train
 
 from conftest import HEADSMITH, run_cli
@@ -62,13 +63,13 @@ def test_score_writes_every_row_in_order_with_the_scores_predict_gives(package, 
             assert row[f"{head}:decision"] == answer[head]["decision"]
             for c in answer[head]["classes"]:
                 assert row[f"{head}:score:{c['class']}"] == pytest.approx(c["score"], abs=1e-5)
-    # The same rows as Parquet and as JSON Lines: the same output.
+    # The same rows as Parquet and as JSON Lines: the same output (the command's own scoring, in this process).
+    predictor = Predictor(package)
     for suffix in ("parquet", "jsonl"):
         other = tmp_path / f"backlog.{suffix}"
         frame.to_parquet(other, index=False) if suffix == "parquet" else frame.to_json(other, orient="records",
                                                                                      lines=True)
-        again = run_cli("score", str(package), str(other), "--out", str(tmp_path / suffix), "--keep", "id")
-        assert again.returncode == 0, again.stdout + again.stderr
+        score_file(predictor, str(other), tmp_path / suffix, "text", ["id"])
         same, _ = read_output(tmp_path / suffix)
         columns = [c for c in same.columns if ":score:" in c]
         pd.testing.assert_frame_equal(same[columns], scored[columns], atol=1e-5)
@@ -101,9 +102,7 @@ def test_a_killed_score_job_goes_on_without_losing_or_repeating_a_row(package, b
     scored, manifest = read_output(tmp_path / "out")
     assert manifest["done"] and manifest["parts"][:len(killed_at["parts"])] == killed_at["parts"]
     assert scored["row"].tolist() == list(range(600)) and scored["id"].tolist() == [f"post-{i}" for i in range(600)]
-    straight = run_cli("score", str(package), str(path), "--out", str(tmp_path / "straight"), "--keep", "id",
-                       "--chunk-rows", "10")
-    assert straight.returncode == 0
+    score_file(Predictor(package), str(path), tmp_path / "straight", "text", ["id"], chunk_rows=10)  # not stopped
     expected, _ = read_output(tmp_path / "straight")
     columns = [c for c in expected.columns if ":score:" in c]
     pd.testing.assert_frame_equal(scored[columns], expected[columns], atol=1e-5)
@@ -114,9 +113,7 @@ def test_the_ray_engine_gives_the_local_output_and_goes_on_with_a_local_job(pack
     with two actors of one thread each: every row in order, the same statuses and decisions as the local job,
     scores within 1e-5, and the two parts written before kept as they were."""
     _, path = backlog
-    common = ["score", str(package), str(path), "--keep", "id,created_at", "--chunk-rows", "128"]
-    local = run_cli(*common, "--out", str(tmp_path / "local"))
-    assert local.returncode == 0, local.stdout + local.stderr
+    score_file(Predictor(package), str(path), tmp_path / "local", "text", ["id", "created_at"], chunk_rows=128)
     expected, whole = read_output(tmp_path / "local")
     shutil.copytree(tmp_path / "local", tmp_path / "ray")
     half, parts = dict(whole), whole["parts"]
@@ -125,8 +122,8 @@ def test_the_ray_engine_gives_the_local_output_and_goes_on_with_a_local_job(pack
     for late in parts[2:]:
         (tmp_path / "ray" / late["file"]).unlink()
     kept = {p["file"]: (tmp_path / "ray" / p["file"]).read_bytes() for p in parts[:2]}
-    on_ray = run_cli(*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2",
-                     "--threads-per-worker", "1")
+    on_ray = run_cli("score", str(package), str(path), "--keep", "id,created_at", "--chunk-rows", "128", "--out",
+                     str(tmp_path / "ray"), "--engine", "ray", "--workers", "2", "--threads-per-worker", "1")
     assert on_ray.returncode == 0, on_ray.stdout + on_ray.stderr
     scored, manifest = read_output(tmp_path / "ray")
     assert manifest["done"] and manifest["rows"] == 600 and len(manifest["parts"]) == 5
@@ -139,7 +136,6 @@ def test_the_ray_engine_gives_the_local_output_and_goes_on_with_a_local_job(pack
 
 def test_images_are_scored_a_batch_at_a_time_and_the_ones_that_fail_are_named(image_server, tmp_path):
     from conftest import small_image_model
-    from headsmith.scoring import score_file
 
     package = small_image_model(tmp_path / "model")
     urls = [f"{image_server.url}/latency/{i}.png" for i in range(22)]

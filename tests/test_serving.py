@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from headsmith.config import compose_train_config
+from headsmith.models.registry import register_model
 from headsmith.training.train import train
 from headsmith.workspace import Workspace
 from conftest import run_cli, small_image_model, snapshot_csv
@@ -104,7 +105,7 @@ def text_deployments(tmp_path_factory, reviews, tiny_backbone):
                                         f"backbone.pretrained={tiny_backbone}", "backbone.max_tokens=32",
                                         f"trainer.max_epochs={epochs}", f"seed={version}", "dataset.snapshot=reviews"])
             train(cfg)
-            deployed.cli("model", "register", str(home / f"run{version}"), "--name", "reviews-model")
+            register_model(Workspace(home), home / f"run{version}", "reviews-model")
         production = deployed.create_and_serve("production", "reviews-model:1", "--max-inputs", "100")
         canary = deployed.create_and_serve("canary", "reviews-model:2")
     yield deployed, production, canary
