@@ -186,9 +186,10 @@ def _process(workspace: Workspace, name: str, bento: str) -> dict:
     now = _identity(pid)
     if now is None:
         return {"status": "stopped", "url": None, "pid": None}
-    recorded_time, recorded_cmdline = state.get("create_time"), state.get("cmdline")
-    same = (now["cmdline"] == recorded_cmdline if recorded_cmdline is not None  # records of earlier versions:
-            else "serve" in now["cmdline"] and bento in now["cmdline"])  # the command it would have run
+    # The same process: the start time recorded (a reused pid has another), still serving this Bento. Not the exact
+    # command line recorded: read at once after the start, under load it was seen to differ from the one read later.
+    recorded_time = state.get("create_time")
+    same = "serve" in now["cmdline"] and bento in now["cmdline"]
     if recorded_time is not None:
         same = same and now["create_time"] is not None and abs(now["create_time"] - recorded_time) < 0.5
     if not same:
