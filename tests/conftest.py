@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -188,8 +189,6 @@ ARTIFACTS = Path(os.environ.get("HEADSMITH_TEST_ARTIFACTS", Path(__file__).paren
 def browser():
     """Real headless Chromium (Debian's `chromium` and `chromium-driver`; `make test` installs them), with the
     page's console kept so tests can assert it stayed clean."""
-    import shutil
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -285,8 +284,6 @@ def base_package(tmp_path_factory, reviews, tiny_backbone) -> Path:
 def base(base_package, reviews_snapshot, workspace, tmp_path):
     """The session's base model, copied to tmp_path/base-run/model and registered as `base` in this test's workspace
     (beside the same `reviews` snapshot it was trained on)."""
-    import shutil
-
     assert read_meta(base_package)["lineage"]["snapshots"]["train"]["sha256"] == reviews_snapshot.manifest.sha256
     shutil.copytree(base_package, tmp_path / "base-run" / "model")
     assert register_model(workspace, tmp_path / "base-run" / "model", "base") == ("base", 1)

@@ -57,14 +57,14 @@ def test_score_writes_every_row_in_order_with_the_scores_predict_gives(package, 
     assert scored.loc[[5, 77, 431], "status"].tolist() == ["empty"] * 3
     assert scored["sentiment:decision"].isna().sum() == 3 and (scored["status"] == "ok").sum() == 597
     ok = scored[scored["status"] == "ok"].head(40)
-    answers = Predictor(package).predict(frame.loc[ok["row"], "text"].tolist())
+    predictor = Predictor(package)
+    answers = predictor.predict(frame.loc[ok["row"], "text"].tolist())
     for (_, row), answer in zip(ok.iterrows(), answers):
         for head in ("sentiment", "long"):
             assert row[f"{head}:decision"] == answer[head]["decision"]
             for c in answer[head]["classes"]:
                 assert row[f"{head}:score:{c['class']}"] == pytest.approx(c["score"], abs=1e-5)
     # The same rows as Parquet and as JSON Lines: the same output (the command's own scoring, in this process).
-    predictor = Predictor(package)
     for suffix in ("parquet", "jsonl"):
         other = tmp_path / f"backlog.{suffix}"
         frame.to_parquet(other, index=False) if suffix == "parquet" else frame.to_json(other, orient="records",

@@ -227,7 +227,8 @@ def serve_deployment(workspace: Workspace, name: str, port: int = 3000, host: st
     process = subprocess.Popen([str(bentoml_cli), "serve", deployment["bento"], "--host", host, "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{host}:{port}"
-    record = {"pid": process.pid, "url": url, "started_at": _now(), **(_identity(process.pid) or {})}
+    record = {"pid": process.pid, "url": url, "started_at": _now(),
+              "create_time": (_identity(process.pid) or {}).get("create_time")}
     write_atomic(_state_file(workspace, name), json.dumps(record))
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
