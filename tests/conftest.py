@@ -265,19 +265,24 @@ def wandb_records(run_folder: Path) -> list:
 
 
 @pytest.fixture(scope="session")
-def base_package(tmp_path_factory, reviews, tiny_backbone) -> Path:
-    """A base model with two heads (sentiment, long) trained once per session, in a workspace of its own, on the same
-    snapshot as `reviews_snapshot` (the same bytes, so the same sha256 in its lineage)."""
+def base_run(tmp_path_factory, reviews, tiny_backbone) -> tuple[dict, dict]:
+    """A model with two heads (sentiment, long) trained once per session, in a workspace of its own, on the same
+    snapshot as `reviews_snapshot` (the same bytes, so the same sha256 in its lineage): `train`'s (metrics, objects).
+    Read-only: a test that writes copies it first (as `base` does)."""
     folder = tmp_path_factory.mktemp("base")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HEADSMITH_HOME", str(folder / "workspace"))
         workspace = Workspace()
         snapshot_csv(workspace, write_reviews_csv(reviews, folder), "reviews", "text",
                      {"sentiment": "sentiment", "long": "long"})
-        metrics, _ = train(compose_train_config([*fast_overrides(folder / "base-run", tiny_backbone),
-                                                 "dataset.snapshot=reviews", "optimizer.lr=1e-2",
-                                                 "trainer.max_epochs=4"]))
-    return Path(metrics["model"])
+        return train(compose_train_config([*fast_overrides(folder / "base-run", tiny_backbone),
+                                           "dataset.snapshot=reviews", "optimizer.lr=1e-2", "trainer.max_epochs=4"]))
+
+
+@pytest.fixture(scope="session")
+def base_package(base_run) -> Path:
+    """The session's trained model package (read-only)."""
+    return Path(base_run[0]["model"])
 
 
 @pytest.fixture

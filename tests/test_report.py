@@ -14,9 +14,9 @@ from conftest import console_errors, run_cli, save_screenshot
 
 
 @pytest.fixture
-def trained(compose, reviews_snapshot):
-    metrics, objects = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=3"))
-    return metrics, objects
+def trained(base_run, reviews_snapshot):
+    """The session's trained run (read-only), beside this test's own `reviews` snapshot."""
+    return base_run
 
 
 def test_training_ends_with_an_evaluation_of_the_test_split(trained):

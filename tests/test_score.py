@@ -14,16 +14,14 @@ import pytest
 
 from headsmith.predictor import Predictor
 from headsmith.scoring import score_file
-from headsmith.training.train import train
 
 from conftest import HEADSMITH, run_cli
 
 
 @pytest.fixture
-def package(compose, reviews_snapshot, tmp_path):
-    metrics, _ = train(compose("dataset.snapshot=reviews", "trainer.max_epochs=1",
-                               f"paths.output_dir={tmp_path / 'r'}"))
-    return Path(metrics["model"])
+def package(base_package):
+    """The session's trained text model (read-only: score only reads it)."""
+    return base_package
 
 
 @pytest.fixture
