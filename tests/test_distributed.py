@@ -97,7 +97,7 @@ def test_multirun_sweep_of_ddp_runs(workspace, reviews_snapshot, tiny):
 def test_torchrun_launch_writes_one_run(workspace, reviews_snapshot, tiny):
     """How several machines (or GPUs) are launched: torchrun starts every rank; they share one run folder."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "headsmith.training.train",
+    result = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "headsmith.training.command",
                              *tiny, *DDP, "name=elastic"], capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

@@ -49,8 +49,8 @@ def user_errors(command):
 @user_errors
 def train(ctx: typer.Context):
     """Train from a recipe: `headsmith train recipe=sentiment trainer.max_epochs=3`; sweeps with `-m`; `--help`."""
+    from headsmith.training.command import main
     from headsmith.training.runs import tracked
-    from headsmith.training.train import main
 
     with tracked("train", list(ctx.args)):
         main(list(ctx.args))

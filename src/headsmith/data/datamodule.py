@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from headsmith.data.snapshot import Snapshot, load_snapshot
+from headsmith.data.snapshot import Snapshot, load_snapshot, snapshot_differences
 from headsmith.errors import HeadsmithError
 from headsmith.workspace import Workspace
 
@@ -43,22 +43,6 @@ def stratified_split(frame: pd.DataFrame, heads: list[str], fractions: dict[str,
         parts["train"].append(rows[start:])
     return {name: frame.iloc[np.sort(np.concatenate(rows or [np.zeros(0, np.int64)]))].reset_index(drop=True)
             for name, rows in parts.items()}
-
-
-def snapshot_differences(train: Snapshot, test: Snapshot, heads: list[str]) -> list[str]:
-    if train.manifest.type != test.manifest.type:
-        return [f"'{train.manifest.name}' is {train.manifest.type} but '{test.manifest.name}' is {test.manifest.type}"]
-    problems = []
-    for head in heads:
-        if head not in test.manifest.heads:
-            problems.append(f"head '{head}' is not labelled in the test snapshot '{test.manifest.name}' "
-                            f"(it labels: {', '.join(test.manifest.heads)})")
-            continue
-        ours, theirs = set(train.manifest.heads[head].classes), set(test.manifest.heads[head].classes)
-        if ours != theirs:
-            problems.append(f"head '{head}' classes differ: only in '{train.manifest.name}': {sorted(ours - theirs)}, "
-                            f"only in '{test.manifest.name}': {sorted(theirs - ours)}")
-    return problems
 
 
 def balanced_weights(counts: np.ndarray) -> np.ndarray:

@@ -476,3 +476,19 @@ def diff_snapshots(a: Snapshot, b: Snapshot) -> dict:
         heads[head] = {c: (before.get(c, 0), after.get(c, 0)) for c in sorted(set(before) | set(after))}
     return {"a": a.manifest.name, "b": b.manifest.name, "rows": (a.manifest.rows, b.manifest.rows),
             "added": int(added), "removed": int(removed), "relabelled": int(relabelled), "heads": heads}
+
+
+def snapshot_differences(train: Snapshot, test: Snapshot, heads: list[str]) -> list[str]:
+    if train.manifest.type != test.manifest.type:
+        return [f"'{train.manifest.name}' is {train.manifest.type} but '{test.manifest.name}' is {test.manifest.type}"]
+    problems = []
+    for head in heads:
+        if head not in test.manifest.heads:
+            problems.append(f"head '{head}' is not labelled in the test snapshot '{test.manifest.name}' "
+                            f"(it labels: {', '.join(test.manifest.heads)})")
+            continue
+        ours, theirs = set(train.manifest.heads[head].classes), set(test.manifest.heads[head].classes)
+        if ours != theirs:
+            problems.append(f"head '{head}' classes differ: only in '{train.manifest.name}': {sorted(ours - theirs)}, "
+                            f"only in '{test.manifest.name}': {sorted(theirs - ours)}")
+    return problems

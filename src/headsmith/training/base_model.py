@@ -8,7 +8,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from headsmith.data.snapshot import Snapshot
 from headsmith.errors import HeadsmithError
-from headsmith.evaluation.evaluate import evaluate
 from headsmith.models.backbones import set_backbone_mode, train_blocks, trainable_cut
 from headsmith.models.heads import build_head, head_spec
 from headsmith.models.net import Branch, MultiHeadNet, module_key
@@ -102,6 +101,9 @@ def regression_gate(base: MultiHeadNet, candidate: MultiHeadNet, golden: list[Sn
     """Evaluate base and candidate on every golden snapshot that labels one of `heads` (the kept ones). The gate
     fails when a head's macro F1 drops by more than `max_f1_drop`; `failures` says which head, where, how much.
     `features_of(snapshot)`: cached embeddings, when the candidate's frozen backbone is the base's."""
+    # Imported here: evaluation loads torchmetrics (seconds), which the config checks that import this module skip.
+    from headsmith.evaluation.evaluate import evaluate
+
     checks, failures = [], []
     for snapshot in golden:
         unknown = [h for h in heads if h in snapshot.manifest.heads

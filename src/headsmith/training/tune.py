@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import pytorch_lightning as pl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from hydra.errors import HydraException
@@ -25,7 +24,6 @@ from headsmith.evaluation.plots import save_tune_png
 from headsmith.evaluation.report import console
 from headsmith.files import atomic_path, write_atomic
 from headsmith.training.runs import set_folder
-from headsmith.training.train import train
 from headsmith.training.validate import target_problems, validate_config
 from headsmith.workspace import Workspace
 
@@ -87,23 +85,6 @@ def override(key: str, value) -> str:
     return f"{key}={value}"
 
 
-class OptunaPruning(pl.Callback):
-    """Reports the monitored validation value after each epoch; stops the trial when Optuna's pruner says so."""
-
-    def __init__(self, trial: optuna.Trial, monitor: str):
-        self.trial = trial
-        self.monitor = monitor
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or self.monitor not in trainer.callback_metrics:
-            return
-        value, epoch = float(trainer.callback_metrics[self.monitor]), trainer.current_epoch
-        self.trial.report(value, step=epoch)
-        if self.trial.should_prune():
-            self.trial.set_user_attr("pruned_at_epoch", epoch)
-            raise optuna.TrialPruned(f"{self.monitor}={value:.4f} after epoch {epoch}")
-
-
 class Tuner:
     """One study: `headsmith tune [recipe=NAME] [key=value ...] [key=SWEEP ...]`, writing into one folder."""
 
@@ -160,6 +141,9 @@ class Tuner:
                      f"logger.wandb.group={self.folder.name}"] if "wandb" in (self.base.logger or {}) else [])
         cfg = self._compose([*self._overrides(params), f"paths.output_dir={self.trial_dir(trial.number)}",
                              *tracking])
+        from headsmith.training.callbacks import OptunaPruning  # Lightning: imported once a trial starts
+        from headsmith.training.train import train
+
         started = time.monotonic()
         try:
             metrics, _ = train(cfg, extra_callbacks=[OptunaPruning(trial, self.monitor)])

@@ -11,8 +11,7 @@ import typing
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from headsmith.data.datamodule import snapshot_differences
-from headsmith.data.snapshot import load_snapshot
+from headsmith.data.snapshot import load_snapshot, snapshot_differences
 from headsmith.errors import ConfigError, HeadsmithError
 from headsmith.evaluation.thresholds import class_problems, policy_problems
 from headsmith.models.backbones import (BACKBONE_KINDS, BACKBONE_MODES, TextBackbone, family, resolve_pretrained,
