@@ -12,7 +12,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from headsmith.data.snapshot import load_snapshot
 from headsmith.errors import ConfigError
+from headsmith.evaluation.evaluate import evaluate
 from headsmith.models.backbones import text_backbone
 from headsmith.models.package import load_model
 from headsmith.models.registry import register_model
@@ -25,7 +27,7 @@ from test_serving import Deployed, post
 TEXTS = ["A warm, funny and wise film.", "Dull, long and pointless.", "It is a movie about a dog and its boy."]
 
 
-def test_a_branched_head_leaves_every_kept_head_bit_identical(compose, base, short_snapshot, tmp_path):
+def test_a_branched_head_leaves_every_kept_head_bit_identical(compose, base, short_snapshot, workspace, tmp_path):
     metrics, _ = train(compose("dataset.snapshot=short", "base_model=base", "backbone.mode=partial",
                                "backbone.trainable_blocks=1", "optimizer.lr=3e-3",
                                f"paths.output_dir={tmp_path / 'branched'}"))
@@ -53,12 +55,11 @@ def test_a_branched_head_leaves_every_kept_head_bit_identical(compose, base, sho
         for head, classes in local.items():
             assert [c["score"] for c in answer["heads"][head]["classes"]] == pytest.approx(list(classes.values()),
                                                                                           abs=1e-6)
-    # eval: the kept heads' metrics are the base model's own on the same snapshot
-    evals = {}
-    for name, folder in (("base", "base"), ("branched", str(package))):
-        result = run_cli("eval", folder, "reviews", "--out", str(tmp_path / f"eval-{name}"))
-        assert result.returncode == 0, result.stderr
-        evals[name] = json.loads((tmp_path / f"eval-{name}" / "eval.json").read_text())["metrics"]
+    # Evaluated on the same snapshot (as `headsmith eval` does; the command has its own test), the kept heads'
+    # metrics are the base model's own.
+    reviews = load_snapshot(workspace, "reviews")
+    evals = {name: evaluate(net, reviews, split="all rows").metrics for name, net in (("base", base),
+                                                                                       ("branched", model))}
     assert evals["branched"]["sentiment"] == evals["base"]["sentiment"]
     assert evals["branched"]["long"] == evals["base"]["long"]
 
@@ -93,8 +94,8 @@ def test_a_branched_model_as_base_keeps_its_branches_for_kept_heads(compose, bas
 
 def test_lora_trains_adapters_and_packages_plain_weights_that_load_without_peft(compose, reviews_snapshot,
                                                                                 tiny_backbone, workspace, tmp_path):
-    metrics, _ = train(compose("dataset.snapshot=reviews", "backbone.mode=lora", "backbone.lora.rank=4",
-                               "optimizer.lr=1e-2", f"paths.output_dir={tmp_path / 'lora'}"))
+    metrics, objects = train(compose("dataset.snapshot=reviews", "backbone.mode=lora", "backbone.lora.rank=4",
+                                     "optimizer.lr=1e-2", f"paths.output_dir={tmp_path / 'lora'}"))
     package = Path(metrics["model"])
     with safe_open(package / "model.safetensors", "pt") as weights:
         assert not [k for k in weights.keys() if "lora" in k or "base_layer" in k]
@@ -112,9 +113,12 @@ def test_lora_trains_adapters_and_packages_plain_weights_that_load_without_peft(
     for theirs, ours in zip(json.loads(answered.stdout.strip().splitlines()[-1]), model.predict(TEXTS)):
         for head in ours:
             assert list(theirs[head].values()) == pytest.approx(list(ours[head].values()), abs=1e-6)
-    # What training reported on the test split is what the package scores.
-    result = run_cli("eval", str(package), "reviews", "--out", str(tmp_path / "eval"))
-    assert result.returncode == 0, result.stderr
+    # What training reported on the test split is what the package (plain weights, adapters merged) scores there.
+    data = objects["datamodule"]
+    scored = evaluate(model, data.snapshot, data.splits["test"], split="test").metrics
+    for head in ("sentiment", "long"):
+        assert scored[head]["confusion"] == metrics["test"][head]["confusion"]
+        assert scored[head]["f1"] == pytest.approx(metrics["test"][head]["f1"], abs=1e-9)
 
 
 def test_a_lora_run_resumes_from_its_checkpoint(workspace, reviews_snapshot, tiny_backbone):
