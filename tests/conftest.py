@@ -167,8 +167,24 @@ def compose(tmp_path, tiny_backbone):
     return _compose
 
 
+# Commands that only read and write the workspace run in the test's own process, through Click's runner and the
+# same `app` the `headsmith` script calls: a new process would import torch and transformers again (2 to 10 s, most
+# of such a command's time). Commands that train, score, serve or start a server run as the processes users start;
+# test_install runs the installed script itself.
+IN_PROCESS = {"dataset", "snapshot", "model", "predict", "eval", "compare", "recipe", "example-data"}
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The `headsmith` command as a user runs it."""
+    """The `headsmith` command as a user runs it: its exit code, stdout and stderr."""
+    if args and args[0] in IN_PROCESS and cwd is None:
+        from typer.testing import CliRunner
+
+        from headsmith.cli import app
+
+        result = CliRunner().invoke(app, list(args), env=env)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a crash fails the test with its traceback, as the command would print it
+        return subprocess.CompletedProcess([HEADSMITH, *args], result.exit_code, result.stdout, result.stderr)
     return subprocess.run([HEADSMITH, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
                           cwd=cwd, timeout=900)
 

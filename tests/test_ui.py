@@ -338,8 +338,9 @@ def wait_for_run(client: httpx.Client, run_id: int, until=("finished", "failed",
 
 
 def test_training_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbone):
-    """Overrides a browser may not set are refused by key; a run is queued, started, followed, and its record
-    (pid, status, times, exit code) kept in the catalog; mistakes link to dataset rows; a CLI run is recorded too."""
+    """Overrides a browser may not set are refused by key; a run is queued, started, outlives the app that started
+    it, is followed, and its record (pid, status, times, exit code) kept in the catalog; mistakes link to dataset rows;
+    a CLI run is recorded too."""
     snapshot_csv(workspace, reviews_csv, "reviews", "text", {"sentiment": "sentiment"})
     url, base = start_ui("--data", str(tiny_backbone))
     tiny = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
@@ -368,12 +369,24 @@ def test_training_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbo
         started = start(*tiny)
         assert started.status_code == 303, re.findall(r"<li>.*?</li>", started.text)
         run_id = int(started.headers["location"].rsplit("/", 1)[1])
+        wait_for_run(client, run_id, until=("running",), seconds=60)
+
+    # The run is a process of its own: the app killed meanwhile, a new one finds it in the catalog, running, then
+    # finished (the run records its own end).
+    app = [p for p in psutil.Process().children() if "ui" in p.cmdline()][-1]
+    app.kill()
+    app.wait(10)
+    url, base = start_ui("--data", str(tiny_backbone))
+    with signed_in_client(url, base) as client:
+        csrf = csrf_of(client)
+        assert client.get(f"/runs/{run_id}/progress").json()["status"] in ("running", "finished")
         done = wait_for_run(client, run_id)
         assert done["status"] == "finished", done["log"]
         assert done["curves"]["val/f1"]["x"][:3] == [0, 1, 2] and "train/loss_epoch" in done["curves"]
         record = runs.get_run(workspace, run_id)
         assert record["origin"] == "app" and record["exit_code"] == 0 and record["pid"] > 0
         assert record["ended_at"] >= record["started_at"] and Path(record["folder"]).parent.name == "from-the-browser"
+        assert Path(record["folder"], "metrics.json").is_file()
         page = client.get(f"/runs/{run_id}").text
         assert 'id="metrics-sentiment"' in page and 'src="/runs/{}/files/report"'.format(run_id) in page
         rows = re.findall(r'<a class="mistake" href="/datasets/reviews\?row=(\d+)">', page)
@@ -449,25 +462,3 @@ def test_a_server_killed_mid_import_leaves_no_half_dataset(start_ui, workspace, 
         client.post(kept.headers["location"], data={"csrf": csrf_of(client), "name": "big", "type.spam": "label"})
         assert wait_for_work(client, "big")["stage"] == "done"
     assert list_datasets(workspace)[0]["rows"] == rows
-
-
-def test_a_run_outlives_the_app_that_started_it(start_ui, workspace, reviews_csv, tiny_backbone):
-    """The run is a process of its own: the app killed meanwhile, a new one finds it in the catalog, running, then
-    finished (the run records its own end)."""
-    snapshot_csv(workspace, reviews_csv, "reviews", "text", {"sentiment": "sentiment"})
-    url, base = start_ui("--data", str(tiny_backbone))
-    tiny = ["dataset.snapshot=reviews", "backbone=hf_text", f"backbone.pretrained={tiny_backbone}",
-            "backbone.max_tokens=32", "trainer=cpu", "fit=sgd", "trainer.max_epochs=3", "name=outlives"]
-    with signed_in_client(url, base) as client:
-        started = client.post("/runs", data={"csrf": csrf_of(client), "kind": "train", "overrides": "\n".join(tiny)})
-        run_id = int(started.headers["location"].rsplit("/", 1)[1])
-        wait_for_run(client, run_id, until=("running",), seconds=60)
-    app = [p for p in psutil.Process().children() if "ui" in p.cmdline()][-1]
-    app.kill()
-    app.wait(10)
-    url, base = start_ui("--data", str(tiny_backbone))
-    with signed_in_client(url, base) as client:
-        assert client.get(f"/runs/{run_id}/progress").json()["status"] in ("running", "finished")
-        assert wait_for_run(client, run_id)["status"] == "finished"
-    record = runs.get_run(workspace, run_id)
-    assert record["exit_code"] == 0 and Path(record["folder"], "metrics.json").is_file()

@@ -123,8 +123,9 @@ def set_folder(folder: Path | str) -> None:
             db.execute("UPDATE runs SET folder = ? WHERE id = ? AND folder IS NULL", (str(folder), int(run_id)))
 
 
-class Stopped(Exception):
-    """SIGTERM: the app's stop button, or a person's kill."""
+class Stopped(BaseException):
+    """SIGTERM: the app's stop button, or a person's kill. Not an Exception (as KeyboardInterrupt is not): Hydra
+    turns an Exception raised in a job into exit code 1, which would record a stopped run as failed."""
 
 
 @contextmanager
