@@ -209,8 +209,10 @@ def test_a_branched_lora_package_serves_what_predict_answers(compose, base, shor
     assert status == 200, answer
     bento = next((workspace.root / "bentoml" / "bentos" / "headsmith-branched").glob("*/src/requirements.txt"))
     needs = bento.read_text().splitlines()
-    assert any(n.startswith("torch==") for n in needs)  # a package needs no peft, nor the data engines
-    assert not [n for n in needs if n.split("==")[0] in ("peft", "accelerate", "duckdb", "ray")]
+    assert any(n.startswith("torch==") for n in needs)  # a package needs no peft, nor the data engines, nor tests
+    assert not [n for n in needs if n.split("==")[0] in ("peft", "accelerate", "duckdb", "ray", "pytest",
+                                                         "pytest-xdist", "hypothesis", "selenium")]
+    assert any(n.startswith("bentoml==") for n in needs)
     local, kept = (deployed.predict(ref, TEXTS) for ref in ("branched-lora:1", "base"))
     for served, ours, theirs in zip(answer["results"], local, kept):
         assert set(served) >= {"sentiment", "long", "short"}

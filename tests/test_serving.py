@@ -58,8 +58,9 @@ class Deployed:
         return open_predictor(Workspace(self.home), ref).predict(inputs)
 
     def stop_all(self):
-        for name in self.urls:
-            self.cli("deploy", "stop", name, ok=False)
+        """`headsmith deploy stop` for each, side by side (each waits for its server to exit)."""
+        with ThreadPoolExecutor(max(1, len(self.urls))) as pool:
+            list(pool.map(lambda name: self.cli("deploy", "stop", name, ok=False), self.urls))
 
 
 def post(url: str, body, key: str | None = None, content_type: str = "application/json") -> tuple[int, object]:

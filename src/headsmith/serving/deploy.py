@@ -30,6 +30,7 @@ from headsmith.workspace import Workspace
 
 TORCH = "torch==2.14.1\ntorchvision==0.29.1\n"
 TRAINING_ONLY = {"peft", "accelerate", "duckdb", "ray"}  # LoRA adapters are merged before packaging; data work
+TEST_ONLY = {"pytest", "pytest-xdist", "execnet", "hypothesis", "selenium"}  # the lock's test tools: never served
 DEFAULTS = {"max_batch_size": 32, "max_latency_ms": 1000, "max_inputs": 64, "max_text_chars": 10_000,
             "allow_urls": False, "max_body_bytes": 32 * 2**20, "max_image_bytes": 20 * 2**20}
 
@@ -90,7 +91,7 @@ def _build_context(folder: Path) -> None:
     shutil.copy(bundled("bentofile.yaml"), folder / "bentofile.yaml")
     lock = bundled("requirements.lock")  # every version the tests ran with; torch is installed apart from it
     pinned = [line for line in (lock.read_text().splitlines() if lock.exists() else [])
-              if line.split("==")[0].lower() not in TRAINING_ONLY]
+              if line.split("==")[0].lower() not in TRAINING_ONLY | TEST_ONLY]
     (folder / "requirements.txt").write_text(TORCH + "".join(f"{line}\n" for line in pinned))
 
 
