@@ -51,10 +51,10 @@ def run_job(cfg: DictConfig) -> float | None:
     _ranks_rerun_this_job()
     environment = dict(os.environ)
     try:
-        validate_config(cfg, Workspace(cfg.paths.workspace))  # train() checks again; this costs no Lightning import
+        validate_config(cfg, Workspace(cfg.paths.workspace))  # before Lightning is imported: mistakes in seconds
         from headsmith.training.train import train
 
-        metrics, _ = train(cfg)
+        metrics, _ = train(cfg, checked=True)
     except HeadsmithError as e:
         print_error(str(e))
         raise SystemExit(2) from None

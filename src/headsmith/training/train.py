@@ -159,11 +159,12 @@ def _restore_csv_history(aside: dict[Path, Path]) -> None:
         before.unlink(missing_ok=True)
 
 
-def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> tuple[dict, dict]:
+def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] = (), checked: bool = False) -> tuple[dict, dict]:
     """Fit, evaluate and package the model `cfg` describes; `extra_callbacks` join the config's own (a sweep's
-    pruning, for one)."""
+    pruning, for one). `checked`: the caller ran `validate_config` on this cfg already (the command line does,
+    before it imports this module)."""
     try:
-        result = _train(cfg, extra_callbacks)
+        result = _train(cfg, extra_callbacks, checked)
     except BaseException:
         finish_wandb(failed=True)
         raise
@@ -246,10 +247,11 @@ def _solve(cfg: DictConfig, net: MultiHeadNet, plan: dict[str, str], datamodule,
     return val, selection, fit
 
 
-def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> tuple[dict, dict]:
+def _train(cfg: DictConfig, extra_callbacks: list[pl.Callback], checked: bool) -> tuple[dict, dict]:
     resume_from = _last_checkpoint(cfg.resume) if cfg.get("resume") else None  # before any weight is loaded
     workspace = Workspace(cfg.paths.workspace)
-    validate_config(cfg, workspace)  # every config mistake, before any weight is loaded
+    if not checked:
+        validate_config(cfg, workspace)  # every config mistake, before any weight is loaded
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
