@@ -354,7 +354,7 @@ def test_training_from_the_browser(start_ui, workspace, reviews_csv, tiny_backbo
                                               "overrides": "\n".join(overrides)})
 
         bad = {"head._target_=os.system": "_target_ and other _keys_", "head={_target_: os.system}": "_target_",
-               "hydra.run.dir=/tmp/elsewhere": "hydra says where files are written",
+               "hydra.run.dir=/tmp/elsewhere": "hydra.run.dir is not set from the browser",
                "+extra=1": "only KEY=VALUE here", "head=nonsense": "head has no option 'nonsense'",
                "name=${oc.env:HOME}": "interpolations", "backbone.pretrained=/etc": "/etc: only paths in the",
                "optimizer.lr=choice(0.1, 0.01)": "a sweep: start a tune study"}

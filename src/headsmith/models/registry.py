@@ -55,10 +55,15 @@ def resolve_model(workspace: Workspace, ref: str) -> Path:
     path = Path(ref).expanduser()
     if path.is_dir():
         return _package_of(path.resolve())
+    return resolve_registered(workspace, ref, nor="nor a folder ")
+
+
+def resolve_registered(workspace: Workspace, ref: str, nor: str = "") -> Path:
+    """A registered NAME[:VERSION] only, never a folder (what the web app deploys and trains from)."""
     name, _, version = ref.partition(":")
     with workspace.catalog() as db:
         if version:
-            if not version.isdigit():
+            if not (version.isdigit() and len(version) <= 9):
                 raise HeadsmithError(f"model '{ref}': the version after ':' is a number, e.g. {name}:2")
             row = db.execute("SELECT path FROM models WHERE name = ? AND version = ?", (name, int(version))).fetchone()
         else:
@@ -67,7 +72,7 @@ def resolve_model(workspace: Workspace, ref: str) -> Path:
         known = sorted({r["name"] for r in db.execute("SELECT name FROM models")})
     if row is None:
         hint = f"registered: {', '.join(known)}" if known else "none registered: headsmith model register RUN --name NAME"
-        raise HeadsmithError(f"no model '{ref}': not a folder, and not a registered model ({hint})")
+        raise HeadsmithError(f"no model '{ref}': not a registered model {nor}({hint})")
     return Path(row["path"])
 
 

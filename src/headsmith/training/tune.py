@@ -111,7 +111,8 @@ class Tuner:
         self.direction = "maximize" if self.base.selection.mode == "max" else "minimize"
         # Every key of the space must compose and validate before hours go into trials.
         sample = self._overrides(self._sample_point())
-        validate_config(self._compose([*sample, f"paths.output_dir={self.trial_dir(0)}"]), self.workspace)
+        self.checked = self._compose([*sample, f"paths.output_dir={self.trial_dir(0)}"])
+        validate_config(self.checked, self.workspace)
 
     def _compose(self, extra: list[str], **kwargs) -> DictConfig:
         try:

@@ -1,7 +1,8 @@
-"""Training and tuning from the browser: a recipe and overrides (checked as the CLI checks them, and kept to what a
-browser may set), queued and started one at a time as `headsmith train|tune` processes whose records live in the
-catalog; each run's page follows it live (its log, its loss and metric curves) and, once done, shows its metrics,
-its report, its most confident mistakes (each linking to the dataset row to fix) and registers its model."""
+"""Training and tuning from the browser: a recipe and overrides (kept to what a browser may set, then checked as
+the CLI checks them: ui/overrides.py), queued and started one at a time as `headsmith train|tune` processes whose
+records live in the catalog; each run's page follows it live (its log, its loss and metric curves) and, once done,
+shows its metrics, its report, its most confident mistakes (each linking to the dataset row to fix) and registers
+its model."""
 
 from __future__ import annotations
 
@@ -16,102 +17,20 @@ from collections import deque
 from pathlib import Path
 
 import pandas as pd
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, OverrideType
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from headsmith.config import compose_train_config, config_dir, register_recipes
-from headsmith.errors import ConfigError, HeadsmithError
+from headsmith.errors import HeadsmithError
 from headsmith.training import runs
+from headsmith.ui.overrides import group_options, override_problems
 from headsmith.ui.pages import Pages
 from headsmith.workspace import Workspace
 
 HEADSMITH = str(Path(sys.executable).with_name("headsmith"))
 LOG_LINES = 40
 MISTAKES = 20
-BLOCKED_ROOTS = {"hydra", "paths", "resume"}  # where files are written or read from: not set from a browser
-
-
-def group_options() -> dict[str, list[str]]:
-    """Each config group (conf/GROUP/*.yaml, and `recipe`) with its options."""
-    options = {folder.name: sorted(p.stem for p in folder.glob("*.yaml"))
-               for folder in config_dir().iterdir() if folder.is_dir() and folder.name != "hydra"}
-    return {**options, "recipe": sorted(register_recipes())}
-
-
-def _values(override) -> list:
-    """The values an override may set: its value, or each choice of a sweep (ranges and intervals are numbers)."""
-    value = override.value()
-    return list(value.list) if isinstance(value, ChoiceSweep) else [value]
-
-
-def _underscored(value) -> bool:
-    """A dict or list value that sets a key like `_target_` anywhere inside."""
-    if isinstance(value, dict):
-        return any(str(k).startswith("_") or _underscored(v) for k, v in value.items())
-    return isinstance(value, list) and any(map(_underscored, value))
-
-
-def _paths_in(value) -> list[str]:
-    if isinstance(value, str):
-        return [value] if value.startswith(("/", "~")) or ".." in Path(value).parts else []
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
-    return [p for item in items for p in _paths_in(item)]
-
-
-def override_problems(overrides: list[str], kind: str, workspace: Workspace, allowed: list[Path]) -> dict[str, list]:
-    """What is wrong with each override (by its text; "" for the config as a whole). A browser may only set
-    existing keys and pick existing group options: no `+`/`~`, no `_target_` (or any `_key_`), no interpolations,
-    no keys that say where files go, no paths outside `allowed` folders. Then the CLI's own checks: composition
-    and `validate_config` (for tune, the study checks its search space itself when it starts)."""
-    problems: dict[str, list[str]] = {}
-    options, keys = group_options(), {}
-    parser = OverridesParser.create()
-    for text in overrides:
-        found = problems.setdefault(text, [])
-        try:
-            override = parser.parse_override(text)
-        except Exception as e:  # noqa: BLE001 - Hydra's grammar errors: the person's text, said back to them
-            found.append(f"cannot be read: {str(e).splitlines()[0]}")
-            continue
-        key = override.key_or_group
-        keys[key] = text
-        value_text = text.split("=", 1)[1] if "=" in text else ""
-        if override.type != OverrideType.CHANGE or override.package:
-            found.append("only KEY=VALUE here: no +, ++, ~ or @package")
-        if any(part.startswith("_") for part in key.split(".")) or any(map(_underscored, _values(override))):
-            found.append("_target_ and other _keys_ are set by recipes, not from the browser")
-        if key.split(".")[0] in BLOCKED_ROOTS:
-            found.append(f"{key.split('.')[0]} says where files are written or read: not from the browser")
-        if "${" in value_text:
-            found.append("interpolations (${...}) are not taken from the browser")
-        if override.is_sweep_override() and kind == "train":
-            found.append("a sweep: start a tune study instead")
-        for path in [p for value in _values(override) for p in _paths_in(value)]:
-            if not any(Path(path).expanduser().resolve().is_relative_to(folder) for folder in allowed):
-                found.append(f"{path}: only paths in the workspace or the data folder")
-        if key in options and not override.is_sweep_override() and override.value() not in (*options[key], None):
-            found.append(f"{key} has no option '{override.value()}' (options: {', '.join(options[key])})")
-    if any(problems.values()) or kind != "train":
-        return {k: v for k, v in problems.items() if v}
-    try:
-        from headsmith.training.validate import validate_config
-
-        # composed outside a Hydra run: its folder is named only to resolve the config (nothing is written there)
-        cfg = compose_train_config([*overrides, f"paths.output_dir={workspace.runs_dir / 'checking'}"])
-        validate_config(cfg, workspace)
-    except ConfigError as e:
-        for problem in e.problems:
-            owner = max((k for k in keys if problem.startswith(k)), key=len, default=None)
-            problems.setdefault(keys[owner] if owner else "", []).append(problem)
-    except Exception as e:  # noqa: BLE001 - Hydra's composition errors name the key; said back as they are
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        owner = next((k for k in sorted(keys, key=len, reverse=True) if f"'{k}'" in str(e) or k in str(e)), None)
-        problems.setdefault(keys[owner] if owner else "", []).append(message)
-    return {k: v for k, v in problems.items() if v}
 
 
 class Scheduler:
@@ -228,9 +147,9 @@ def mistakes(folder: Path, limit: int = MISTAKES) -> dict[str, list[dict]]:
 
 def routes(pages: Pages, scheduler: Scheduler) -> list[Route]:
     workspace, settings = pages.workspace, pages.settings
-    # What checking a run's config imports (torch, Lightning, transformers: seconds), loaded while the app starts
-    # answering rather than when the first run is asked for.
-    threading.Thread(target=importlib.import_module, args=("headsmith.training.validate",), daemon=True).start()
+    # What checking a run's config imports (torch, Lightning, transformers: seconds of CPU), loaded once the runs
+    # page is first opened, while the person fills its form: not by every app that never starts a run.
+    first_visit = threading.Lock()  # taken once, never released
 
     def allowed() -> list[Path]:
         return [workspace.root.resolve(), *([settings.data.resolve()] if settings.data else [])]
@@ -242,6 +161,8 @@ def routes(pages: Pages, scheduler: Scheduler) -> list[Route]:
             "problems": problems or {}, "parallel": scheduler.parallel}, status=status)
 
     def runs_page(request: Request) -> Response:
+        if first_visit.acquire(blocking=False):
+            threading.Thread(target=importlib.import_module, args=("headsmith.training.validate",), daemon=True).start()
         return listing(request)
 
     async def start(request: Request) -> Response:
