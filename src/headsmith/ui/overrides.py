@@ -133,7 +133,7 @@ def _one(text: str, kind: str, workspace: Workspace, allowed: list[Path], option
         roots = ", ".join(sorted({pattern.split(".")[0] for pattern in ALLOWED_KEYS}))
         return [f"{key} is not set from the browser (it sets keys of {roots}; the command line sets anything)"]
     leaves = _leaves(value)
-    if any(isinstance(leaf, str) and interpolates(leaf) for leaf in [*leaves, *_keys(value)]):
+    if any(isinstance(leaf, str) and interpolates(leaf) for leaf in leaves):  # dict keys are leaves too
         return ["interpolations (${...}, in any spelling) are not taken from the browser"]
     if isinstance(value, Glob) or any(isinstance(leaf, Glob) for leaf in leaves):
         return ["glob(...) sweeps: name the choices with choice(...)"]
